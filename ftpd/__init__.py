@@ -1,0 +1,1 @@
+"""ftpd: a multi-user file-transfer daemon (see README.md). Kept free of imports."""
