@@ -1,0 +1,154 @@
+"""The daemon's settings: conf/ftpd.yaml -> a frozen ServerConfig.
+
+Relative paths resolve against the config file's folder, so the shipped ``conf/`` works
+from any cwd.  Unknown keys and bad values are errors naming the file, line and key.
+This module must never set anything at runtime on a class (pyftpdlib's
+``reset_server_opts`` lesson): a new config is a new object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ftpd import yamldoc
+from ftpd.errors import ConfigError
+from ftpd.users import parse_size
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the daemon reads from ftpd.yaml; the defaults are the shipped values."""
+
+    host: str = "127.0.0.1"
+    port: int = 2121
+    home_root: Path = Path("home")
+    users_file: Path = Path("users.yaml")
+    log_dir: Path | None = Path("logs")
+    log_level: str = "INFO"
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backup_count: int = 5
+    max_connections: int = 256
+    max_per_ip: int = 32
+    idle_timeout: float = 300.0
+    login_timeout: float = 30.0
+    login_max_failures: int = 5
+    login_lockout: float = 300.0
+    login_delay: float = 1.0
+    grace_period: float = 30.0
+    fsync: bool = True
+    tls: TLSConfig | None = None
+    path: Path | None = None  # the file this came from (not a key)
+
+    def with_overrides(self, **changes: Any) -> "ServerConfig":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_KEYS = {f.name for f in fields(ServerConfig)} - {"path"}
+_PATHS = ("home_root", "users_file", "log_dir")
+_SIZES = ("log_max_bytes",)
+_POSITIVE_INTS = ("max_connections", "max_per_ip", "login_max_failures")
+_SECONDS = ("idle_timeout", "login_timeout", "login_lockout", "login_delay", "grace_period")
+
+
+def load(path: Path) -> ServerConfig:
+    """Read and validate ``path``; every problem is reported at once.
+
+    Raises:
+        ConfigError: with file, line and key for each problem.
+    """
+    path = Path(path).absolute()
+    doc = yamldoc.load(path)
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError([doc.problem("the file must be a mapping of key: value")])
+    problems: list[tuple[str, int | None, str, str]] = []
+    values: dict[str, Any] = {"path": path}
+    for key, value in data.items():
+        key = str(key)
+        if key not in _KEYS:
+            problems.append(doc.problem(f"unknown key (known: {', '.join(sorted(_KEYS))})", key))
+            continue
+        try:
+            values[key] = _convert(key, value, path.parent)
+        except ValueError as exc:
+            problems.append(doc.problem(str(exc), key))
+    if problems:
+        raise ConfigError(problems)
+    return ServerConfig(**values)
+
+
+def _convert(key: str, value: Any, base: Path) -> Any:
+    if key in _PATHS:
+        if key == "log_dir" and value is None:
+            return None  # stderr only (e.g. under systemd, to the journal)
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a path")
+        return (base / Path(value).expanduser()).resolve()
+    if key == "host":
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be an address or host name")
+        return value
+    if key == "port":
+        if type(value) is not int or not 0 <= value <= 65535:
+            raise ValueError("must be an integer port from 0 to 65535")
+        return value
+    if key in _SIZES:
+        size = parse_size(value)
+        if size < 1024:
+            raise ValueError("must be at least 1 KiB")
+        return size
+    if key in _POSITIVE_INTS or key == "log_backup_count":
+        low = 0 if key == "log_backup_count" else 1
+        if type(value) is not int or value < low:
+            raise ValueError(f"must be an integer >= {low}")
+        return value
+    if key in _SECONDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError("must be a positive number of seconds")
+        return float(value)
+    if key == "log_level":
+        if not isinstance(value, str) or value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+    if key == "fsync":
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if key == "tls":
+        return _tls(value, base)
+    raise AssertionError(key)
+
+
+def _tls(value: Any, base: Path) -> TLSConfig | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"cert", "key"}:
+        raise ValueError("must be a mapping with exactly 'cert' and 'key'")
+    paths = {}
+    for name in ("cert", "key"):
+        if not isinstance(value[name], str) or not value[name]:
+            raise ValueError(f"{name} must be a path")
+        paths[name] = (base / Path(value[name]).expanduser()).resolve()
+        if not paths[name].is_file():
+            raise ValueError(f"{name}: {paths[name]} does not exist")
+    return TLSConfig(**paths)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on loopback (used for the plaintext warning)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

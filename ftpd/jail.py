@@ -1,0 +1,118 @@
+"""Virtual paths <-> real paths inside one home directory.
+
+A client sees POSIX paths rooted at ``/``, which is its home.  ``resolve`` turns such a
+``vpath`` into a resolved real ``Path`` and refuses anything that would end outside the
+home once symlinks are followed (pyftpdlib's ``realpath`` lesson, its issue #55).
+
+The jail knows nothing of users or sockets, and it must never call ``os.chdir``: the cwd
+is process-wide and the daemon serves many sessions from threads.  It holds the session's
+virtual cwd instead.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import unicodedata
+from pathlib import Path, PurePosixPath
+
+from ftpd.errors import InvalidPathError, NotFoundError, PathEscapeError, PermissionDeniedError
+
+#: The daemon's own bookkeeping inside each home (partial uploads); unreachable by path.
+RESERVED = ".ftpd"
+MAX_VPATH = 4096
+MAX_NAME = 255
+
+
+def check_text(vpath: str) -> None:
+    """Refuse NUL, control characters, non-characters and over-long names."""
+    if len(vpath) > MAX_VPATH:
+        raise InvalidPathError("path too long")
+    for ch in vpath:
+        if ch == "\x00" or unicodedata.category(ch) in ("Cc", "Cs"):
+            raise InvalidPathError("path contains a control character or NUL")
+    if "\\" in vpath:
+        # Not a separator on POSIX, but a trap for Windows clients and for logs.
+        raise InvalidPathError("path contains a backslash")
+    for name in vpath.split("/"):
+        if len(name.encode("utf-8")) > MAX_NAME:
+            raise InvalidPathError("file name too long")
+
+
+class Jail:
+    """One session's view of one home.  Owned by the session's handler thread only."""
+
+    def __init__(self, root: Path, cwd: str = "/") -> None:
+        self.root = Path(os.path.realpath(root))
+        self.cwd = PurePosixPath("/")
+        self.cwd = self.normalize(cwd)
+
+    def normalize(self, vpath: str) -> PurePosixPath:
+        """Join with the cwd and fold ``.``, ``..`` and ``//`` lexically; ``..`` stops at ``/``."""
+        check_text(vpath)
+        joined = posixpath.join(str(self.cwd), vpath) if vpath else str(self.cwd)
+        parts: list[str] = []
+        for part in joined.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+                continue
+            parts.append(part)
+        if parts and parts[0] == RESERVED:
+            raise PathEscapeError(f"{RESERVED} is reserved")
+        return PurePosixPath("/", *parts)
+
+    def resolve(self, vpath: str) -> Path:
+        """The real path of ``vpath``, symlinks followed, guaranteed inside the home.
+
+        The target need not exist (for mkdir, put, mv's destination).
+
+        Raises:
+            InvalidPathError: NUL, control characters, too long.
+            PathEscapeError: the resolved path leaves the home.
+        """
+        virtual = self.normalize(vpath)
+        real = Path(os.path.realpath(self.root.joinpath(*virtual.parts[1:])))
+        if not real.is_relative_to(self.root):
+            raise PathEscapeError(f"{virtual}: outside your home")
+        rel = real.relative_to(self.root)
+        if rel.parts and rel.parts[0] == RESERVED:
+            raise PathEscapeError(f"{virtual}: reserved")
+        return real
+
+    def resolve_entry(self, vpath: str) -> Path:
+        """The real path of the directory entry itself: a final symlink is not followed.
+
+        For ``rm``, ``mv`` and ``rmdir``, which act on a link rather than on its target.
+        The home itself has no entry and is refused.
+        """
+        virtual = self.normalize(vpath)
+        if virtual == PurePosixPath("/"):
+            raise PermissionDeniedError("/: that is your home")
+        parent = self.resolve(str(virtual.parent))
+        real = parent / virtual.name
+        if parent == self.root and virtual.name == RESERVED:
+            raise PathEscapeError(f"{virtual}: reserved")
+        return real
+
+    def existing(self, vpath: str) -> Path:
+        """Like ``resolve``, but the path must exist."""
+        real = self.resolve(vpath)
+        if not os.path.lexists(real):
+            raise NotFoundError(f"{self.normalize(vpath)}: no such file or directory")
+        return real
+
+    def to_virtual(self, real: Path) -> str:
+        """The client's view of a real path inside the home."""
+        rel = Path(os.path.realpath(real)).relative_to(self.root)
+        return str(PurePosixPath("/", *rel.parts))
+
+    def chdir(self, vpath: str) -> str:
+        """Change the virtual cwd to an existing directory; returns the new cwd."""
+        real = self.existing(vpath)
+        if not real.is_dir():
+            raise NotFoundError(f"{self.normalize(vpath)}: not a directory")
+        self.cwd = PurePosixPath(self.to_virtual(real))
+        return str(self.cwd)

@@ -1,0 +1,65 @@
+"""Logging set-up: a size-rotated file in ``log_dir`` plus stderr, and safe text for logs.
+
+``setup_logging`` is the only place that adds handlers; every other module just does
+``logging.getLogger(__name__)``.  Client-supplied text goes through ``clean`` so a name
+with a newline cannot forge a log line (and fool fail2ban).  Never log a password.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_FILE = "ftpd.log"
+_OURS = "_ftpd_handler"
+
+
+def clean(text: object, limit: int = 200) -> str:
+    """Client text made safe for one log line: control characters escaped, length capped."""
+    out = repr(str(text))[1:-1]
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
+def setup_logging(
+    log_dir: Path | None,
+    level: str = "INFO",
+    max_bytes: int = 10 * 1024 * 1024,
+    backup_count: int = 5,
+    stderr: bool = True,
+) -> None:
+    """(Re)install our handlers on the root logger; safe to call again on reload."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(FORMAT)
+    handlers: list[logging.Handler] = []
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                log_dir / LOG_FILE, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
+            )
+        )
+    if stderr:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(_OneLine(FORMAT))
+        handlers.append(console)
+    for handler in handlers:
+        if handler.formatter is None:
+            handler.setFormatter(formatter)
+        setattr(handler, _OURS, True)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+class _OneLine(logging.Formatter):
+    """Tracebacks go to the log file only; the console gets one line per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text:
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)

@@ -1,0 +1,202 @@
+"""Accounts: the YAML users file, password verification, and size units.
+
+All password handling lives here and nowhere else (STYLE: "confine passwords to
+users.py").  This module must never log, return or store a plaintext password.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from passlib.context import CryptContext
+
+from ftpd import yamldoc
+from ftpd.errors import ConfigError
+
+#: bcrypt for new hashes; the others still verify and are flagged for re-hashing.
+CONTEXT = CryptContext(
+    schemes=["bcrypt", "pbkdf2_sha256", "sha512_crypt", "sha256_crypt", "md5_crypt"],
+    default="bcrypt",
+    deprecated="auto",
+)
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_USER_FIELDS = {"password", "quota", "disabled"}
+MAX_NAME = 64
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string with a unit.
+
+    ``K``/``KiB``, ``M``/``MiB``, ``G``/``GiB``, ``T``/``TiB`` are binary (1024-based);
+    ``KB``, ``MB``, ``GB``, ``TB`` are decimal (1000-based), as in ``ls --si``.  Case is
+    ignored.  Raises ValueError with a readable message.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes, or a number with a unit")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE_RE.match(str(value)) if isinstance(value, str) else None
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"bad size {value!r}: use bytes, or a unit such as 500MiB, 2GiB, 1GB (decimal)"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    """Human-readable binary size: 0 B, 1.5 KiB, 500 MiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}".replace(".0 ", " ")
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_name(name: object) -> str | None:
+    """Why ``name`` is not a valid user name, or None when it is."""
+    if not isinstance(name, str) or not name:
+        return "a user name must be a non-empty string"
+    if len(name) > MAX_NAME:
+        return f"a user name has at most {MAX_NAME} characters"
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        return "a user name cannot contain '/' or '\\' or start with '.'"
+    if any(unicodedata.category(c)[0] in "CZ" for c in name):
+        return "a user name cannot contain spaces or control characters"
+    return None
+
+
+def hash_password(password: str) -> str:
+    """A new hash with the default scheme (bcrypt)."""
+    return CONTEXT.hash(password)
+
+
+def is_known_hash(value: str) -> bool:
+    return CONTEXT.identify(value) is not None
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password_hash: str
+    quota_bytes: int | None  # None: unlimited
+    disabled: bool = False
+
+
+class UserStore:
+    """An immutable snapshot of the users file.  Reload builds a new one and swaps it in.
+
+    Shared read-only by every session thread; nothing mutates it after construction.
+    """
+
+    def __init__(self, users: dict[str, User], path: Path | None = None) -> None:
+        self.users = users
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def get(self, name: str) -> User | None:
+        return self.users.get(name)
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The user if the password matches and the account is enabled, else None.
+
+        An unknown or disabled user costs the same as a wrong password (dummy_verify),
+        so timing tells an attacker nothing about which names exist.
+        """
+        user = self.users.get(name)
+        if user is None or user.disabled:
+            CONTEXT.dummy_verify()
+            return None
+        try:
+            ok = CONTEXT.verify(password, user.password_hash)
+        except (ValueError, TypeError):
+            ok = False
+        return user if ok else None
+
+    @classmethod
+    def load(cls, path: Path) -> "UserStore":
+        """Load and validate the whole file; any problem rejects it whole.
+
+        Raises:
+            ConfigError: listing every problem with file, line and key.
+        """
+        doc = yamldoc.load(path)
+        problems: list[tuple[str, int | None, str, str]] = []
+        data = doc.data if doc.data is not None else {}
+        if not isinstance(data, dict) or set(data) - {"users"}:
+            extra = sorted(set(data) - {"users"}) if isinstance(data, dict) else []
+            key = str(extra[0]) if extra else ""
+            problems.append(doc.problem("the file must hold one 'users:' mapping", key))
+            raise ConfigError(problems)
+        table = data.get("users") or {}
+        if not isinstance(table, dict):
+            raise ConfigError([doc.problem("'users' must be a mapping of name: fields", "users")])
+        users: dict[str, User] = {}
+        for name, fields in table.items():
+            user = _parse_user(doc, name, fields, problems)
+            if user is not None:
+                users[user.name] = user
+        if problems:
+            raise ConfigError(problems)
+        return cls(users, path)
+
+
+def _parse_user(doc: yamldoc.Doc, name: object, fields: object, problems: list) -> User | None:
+    key = ("users", str(name))
+    why = check_name(name)
+    if why:
+        problems.append(doc.problem(why, *key))
+        return None
+    if not isinstance(fields, dict):
+        problems.append(doc.problem("must be a mapping with 'password' and 'quota'", *key))
+        return None
+    before = len(problems)
+    for extra in sorted(set(map(str, fields)) - _USER_FIELDS):
+        problems.append(doc.problem(f"unknown key (expected {sorted(_USER_FIELDS)})", *key, extra))
+    password = fields.get("password")
+    if not isinstance(password, str) or not password:
+        problems.append(doc.problem("missing password hash", *key, "password"))
+    elif not is_known_hash(password):
+        problems.append(
+            doc.problem(
+                "not a recognised password hash (plaintext?); make one with 'ftpd hash-password'",
+                *key,
+                "password",
+            )
+        )
+    quota: int | None = None
+    if fields.get("quota") is not None:
+        try:
+            quota = parse_size(fields["quota"])
+        except ValueError as exc:
+            problems.append(doc.problem(str(exc), *key, "quota"))
+    disabled = fields.get("disabled", False)
+    if not isinstance(disabled, bool):
+        problems.append(doc.problem("must be true or false", *key, "disabled"))
+    if len(problems) > before:
+        return None
+    return User(str(name), str(password), quota, bool(disabled))
