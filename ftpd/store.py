@@ -1,0 +1,126 @@
+"""Files at rest inside a home: partial uploads, recorded digests, atomic install.
+
+Partials live in ``<home>/.ftpd/partial/``, which the jail makes unreachable and ``ls``
+never shows; a partial's name is a key of its target plus the declared size, so a
+partial of another size is another source and is discarded, never spliced.  A file's
+digest is recorded (as an extended attribute, with size and mtime) when it is uploaded,
+so a download can stream at once; it is recomputed only when the file changed by other
+means.  This module works on real paths handed to it by the handler and must never
+accept a client's path.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import BinaryIO
+
+from ftpd.jail import RESERVED
+from ftpd.streams import hash_file
+
+PARTIAL_DIR = Path(RESERVED) / "partial"
+_XATTR = "user.ftpd.{}"
+_CACHE_MAX = 65536
+_cache: OrderedDict[tuple[int, int, str], tuple[int, int, str]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def partial_dir(root: Path) -> Path:
+    path = root / PARTIAL_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def partial_for(root: Path, target: Path, size: int) -> tuple[Path, int]:
+    """The partial for uploading ``size`` bytes to ``target``, and bytes freed by cleanup.
+
+    Partials of the same target with another declared size belong to another source and
+    are removed here.
+    """
+    rel = os.fsencode(target.relative_to(root))
+    key = hashlib.sha256(rel).hexdigest()[:40]
+    folder = partial_dir(root)
+    mine = folder / f"{key}.{size}"
+    freed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(key + ".") and entry.name != mine.name:
+                freed += _unlink(Path(entry.path))
+    return mine, freed
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = path.lstat().st_size
+        path.unlink()
+        return size
+    except FileNotFoundError:
+        return 0
+
+
+def discard(path: Path) -> int:
+    """Remove a partial; returns the bytes freed."""
+    return _unlink(path)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
+def recorded_digest(fd: int, st: os.stat_result, digest: str) -> str | None:
+    """The digest recorded for this file, if it still matches the file's size and mtime."""
+    try:
+        raw = os.getxattr(fd, _XATTR.format(digest)).decode("ascii")
+        hexdigest, size, mtime = raw.split(":")
+        if (int(size), int(mtime)) == _stamp(st):
+            return hexdigest
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return None
+    except ValueError:
+        return None
+    # No xattrs on this file system: fall back to a bounded in-memory cache.
+    with _cache_lock:
+        hit = _cache.get((st.st_dev, st.st_ino, digest))
+    if hit and hit[:2] == _stamp(st):
+        return hit[2]
+    return None
+
+
+def record_digest(fd: int, st: os.stat_result, digest: str, hexdigest: str) -> None:
+    """Remember ``hexdigest`` for the file open as ``fd`` in the state ``st``."""
+    size, mtime = _stamp(st)
+    try:
+        os.setxattr(fd, _XATTR.format(digest), f"{hexdigest}:{size}:{mtime}".encode("ascii"))
+        return
+    except OSError:
+        pass
+    with _cache_lock:
+        _cache[(st.st_dev, st.st_ino, digest)] = (size, mtime, hexdigest)
+        while len(_cache) > _CACHE_MAX:
+            _cache.popitem(last=False)
+
+
+def digest_of(fobj: BinaryIO, digest: str) -> str:
+    """The file's digest: recorded if still valid, else computed once and recorded."""
+    fd = fobj.fileno()
+    st = os.fstat(fd)
+    known = recorded_digest(fd, st, digest)
+    if known is not None:
+        return known
+    fobj.seek(0)
+    hexdigest = hash_file(fobj, st.st_size, digest).hexdigest()
+    after = os.fstat(fd)
+    if _stamp(after) == _stamp(st):
+        record_digest(fd, after, digest, hexdigest)
+    return hexdigest
+
+
+def install(partial: Path, target: Path) -> None:
+    """Move a verified partial under its real name, atomically (``rename(2)``)."""
+    os.replace(partial, target)

@@ -1,0 +1,214 @@
+"""The daemon's side of ``put`` and ``get``: verified, atomic, resumable, quota-safe.
+
+Upload (docs/protocol.md §5): bytes go to a partial under ``.ftpd/partial`` while they
+are hashed; only when the sender's digest matches is the partial renamed over the real
+name.  A resumed upload first hashes the partial it continues, and tells the client that
+prefix digest so a changed source is restarted, never spliced.  The remaining bytes are
+reserved against the quota before the first one is written.
+
+Download: the recorded digest goes in the response header, then ``socket.sendfile``
+streams the file with no copy through Python and no second pass.
+
+This module must never let a byte land under a real name before its digest matched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from ftpd import protocol, store, streams
+from ftpd.errors import BadRequestError, ChecksumError, ConflictError, NotFoundError, ProtocolError
+from ftpd.logs import clean
+from ftpd.protocol import OK, READY_FOR_DATA, Request, Response
+
+if TYPE_CHECKING:
+    from ftpd.handler import FTPHandler
+
+logger = logging.getLogger(__name__)
+#: Receive buffer per upload: big enough for full speed, small enough for 100s of uploads.
+RECV_CHUNK = 256 * 1024
+
+
+class _Sink:
+    """Writes to the partial; after a write error it keeps the error and discards the rest.
+
+    Discarding lets the daemon read the body to its end and still answer with a framed
+    error (disk full, quota of the file system) instead of cutting the connection.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0
+        self.error: OSError | None = None
+
+    def __call__(self, view: memoryview) -> None:
+        if self.error is not None:
+            return
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                self.written += n
+                view = view[n:]
+        except OSError as exc:
+            self.error = exc
+
+
+def receive_upload(h: "FTPHandler", request: Request) -> Response:
+    args = request.args
+    jail = h._jail
+    shown = str(jail.normalize(args["path"]))
+    size, digest = args["size"], args.get("digest", protocol.DEFAULT_DIGEST)
+    streams.new_hasher(digest)  # validates the name before anything is touched
+    inline = request.body is not None
+    if inline and (request.body != size or not protocol.is_hex_digest(args.get("checksum"))):
+        raise BadRequestError("an inline put needs body == size and a hex 'checksum'")
+    target = jail.resolve(args["path"])
+    if target.is_dir():
+        raise ConflictError(f"{shown}: is a directory")
+    if not target.parent.is_dir():
+        raise NotFoundError(f"{jail.to_virtual(target.parent)}: no such directory")
+    ledger = h.server.ledger(h.user or "")
+    partial, freed = store.partial_for(jail.root, target, size)
+    offset = partial.stat().st_size if partial.exists() else 0
+    if inline or not args.get("resume", True) or offset > size:
+        freed += store.discard(partial)
+        offset = 0
+    ledger.adjust(-freed)
+    upload = _Upload(h, partial, size, offset, digest)
+    upload.reservation = ledger.reserve(size - offset, h.account().quota_bytes)
+    try:
+        with h.server.transfer(), open(partial, "ab" if offset else "wb") as f:
+            if inline:
+                h._pending_body = 0
+                checksum = upload.receive(f, size, args["checksum"])
+            else:
+                checksum = upload.two_phase(f)
+            actual = upload.verify(f, checksum, shown)
+        upload.delta -= _old_size(target)
+        store.install(partial, target)
+    finally:
+        upload.reservation.close(upload.delta)
+    elapsed = max(time.monotonic() - upload.started, 1e-9)
+    logger.info(
+        "PUT user=%s path=%s size=%d from=%d %s=%s %.1f MB/s",
+        h.user, clean(shown), size, upload.offset, digest, actual,
+        (size - upload.offset) / elapsed / 1e6,
+    )
+    data = {"path": shown, "size": size, "offset": upload.offset, "checksum": actual, "digest": digest}
+    return Response(True, OK, f"stored {shown}", data=data)
+
+
+class _Upload:
+    """State of one upload in one session thread: hash, bytes added, the reservation."""
+
+    def __init__(self, h: "FTPHandler", partial: os.PathLike, size: int, offset: int, digest: str) -> None:
+        self.h, self.partial, self.size, self.offset, self.digest = h, partial, size, offset, digest
+        self.hasher = streams.new_hasher(digest)
+        self.delta = 0  # net bytes this upload added on disk, for the ledger
+        self.sink: _Sink | None = None
+        self.reservation = None  # type: ignore[assignment]
+        self.started = time.monotonic()
+
+    def receive(self, f, nbytes: int, checksum: str) -> str:  # type: ignore[no-untyped-def]
+        self.sink = _Sink(f.fileno())
+        try:
+            streams.copy_exact(self.h.reader, self.sink, nbytes, self.hasher, chunk=RECV_CHUNK)
+        finally:
+            self.delta += self.sink.written
+        return checksum
+
+    def two_phase(self, f) -> str:  # type: ignore[no-untyped-def]
+        """150 with the resume offset -> data frame -> body -> end frame with the checksum."""
+        if self.offset:
+            with open(self.partial, "rb") as prefix:
+                streams.copy_exact(prefix, None, self.offset, self.hasher)
+        data = {"offset": self.offset, "size": self.size, "digest": self.digest}
+        if self.offset:
+            data["prefix_checksum"] = self.hasher.copy().hexdigest()
+        self.h.send(Response(True, READY_FOR_DATA, f"send from byte {self.offset}", data=data))
+        frame = protocol.to_data(_read_frame(self.h))
+        start = self.offset if frame.offset is None else frame.offset
+        if start not in (0, self.offset):
+            raise ProtocolError(f"a data frame may start at 0 or {self.offset}, not {start}")
+        if start != self.offset:  # the client's source changed: start afresh, never splice
+            f.truncate(0)
+            self.hasher = streams.new_hasher(self.digest)
+            self.delta -= self.offset
+            self.reservation.grow(self.offset)
+            self.offset = 0
+        if frame.body != self.size - start:
+            raise ProtocolError(f"the data frame must carry exactly {self.size - start} bytes")
+        self.receive(f, frame.body, "")
+        return protocol.to_end(_read_frame(self.h)).checksum
+
+    def verify(self, f, checksum: str, shown: str) -> str:  # type: ignore[no-untyped-def]
+        """Raise on a write error or a digest mismatch (discarding the partial); else record."""
+        if self.sink is not None and self.sink.error is not None:
+            raise self.sink.error  # disk full etc.: the partial stays, resumable
+        if self.h.server.config.fsync:
+            os.fsync(f.fileno())
+        actual = self.hasher.hexdigest()
+        if actual != checksum:
+            self.delta -= store.discard(self.partial)
+            raise ChecksumError(
+                f"{shown}: {self.digest} mismatch (sent {checksum}, received {actual}); "
+                "nothing was installed",
+                received=actual,
+            )
+        store.record_digest(f.fileno(), os.fstat(f.fileno()), self.digest, actual)
+        return actual
+
+
+def _read_frame(h: "FTPHandler") -> dict:
+    h.reader.deadline = time.monotonic() + h.server.config.idle_timeout
+    try:
+        return streams.read_header(h.reader)
+    finally:
+        h.reader.deadline = None
+        h.sock.settimeout(h.server.config.idle_timeout)
+
+
+def _old_size(path: os.PathLike) -> int:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0
+    return st.st_size if os.path.isfile(path) else 0
+
+
+def send_download(h: "FTPHandler", request: Request) -> None:
+    args = request.args
+    jail = h._jail
+    shown = str(jail.normalize(args["path"]))
+    digest = args.get("digest", protocol.DEFAULT_DIGEST)
+    streams.new_hasher(digest)  # validates the name
+    real = jail.existing(args["path"])
+    if real.is_dir():
+        raise ConflictError(f"{shown}: is a directory (use get -r)")
+    with open(real, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not os.path.isfile(real):
+            raise ConflictError(f"{shown}: not a regular file")
+        with h.server.transfer():
+            checksum = store.digest_of(f, digest)
+            size = st.st_size
+            offset = args.get("offset", 0)
+            if args.get("checksum") != checksum or offset > size:
+                offset = 0  # not the same source: send it all, never splice
+            count = size - offset
+            data = {"size": size, "offset": offset, "checksum": checksum, "digest": digest}
+            h.respond(Response(True, OK, f"sending {shown}", data=data, body=count))
+            started = time.monotonic()
+            sent = h.sock.sendfile(f, offset, count) if count else 0
+    if sent != count:
+        # The file shrank under us: the frame cannot be completed, so the stream is broken.
+        h.closing = True
+        logger.warning("GET user=%s path=%s short by %d bytes; closing", h.user, clean(shown), count - sent)
+        return
+    elapsed = max(time.monotonic() - started, 1e-9)
+    logger.info(
+        "GET user=%s path=%s size=%d from=%d %.1f MB/s", h.user, clean(shown), size, offset, count / elapsed / 1e6
+    )
