@@ -1,0 +1,5 @@
+import sys
+
+from ftpd.cli import main
+
+sys.exit(main())
