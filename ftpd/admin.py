@@ -1,0 +1,135 @@
+"""``ftpd user add|passwd|quota|disable|enable|del|list``: accounts without editing hashes by hand.
+
+Each subcommand validates its input (name, size unit, password) and then calls
+``useredit``, which keeps the admin's comments and replaces the file atomically; a
+running daemon picks the change up on reload (SIGHUP).  This module must never write
+the users file itself, and never print a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ftpd import config as config_mod
+from ftpd import useredit
+from ftpd.quota import scan_usage
+from ftpd.users import UserStore, check_name, format_size, hash_password, parse_size
+
+
+def add_parser(sub: argparse._SubParsersAction, default_config: Path) -> None:
+    user = sub.add_parser("user", help="manage accounts in the users file")
+    user.add_argument("--config", type=Path, default=default_config, help="ftpd.yaml (default: %(default)s)")
+    verbs = user.add_subparsers(metavar="ACTION", required=True)
+
+    add = verbs.add_parser("add", help="add a user (password from a prompt or one stdin line)")
+    add.add_argument("name")
+    add.add_argument("--quota", help="e.g. 500MiB, 2GiB, 1GB (decimal); default unlimited")
+    add.set_defaults(func=_add)
+
+    passwd = verbs.add_parser("passwd", help="set a user's password")
+    passwd.add_argument("name")
+    passwd.set_defaults(func=_passwd)
+
+    quota = verbs.add_parser("quota", help="set a user's quota ('none' for unlimited)")
+    quota.add_argument("name")
+    quota.add_argument("size")
+    quota.set_defaults(func=_quota)
+
+    for verb, flag in (("disable", True), ("enable", False)):
+        p = verbs.add_parser(verb, help=f"{verb} a user's logins (sessions end on reload)")
+        p.add_argument("name")
+        p.set_defaults(func=_toggle, disabled=flag)
+
+    delete = verbs.add_parser("del", help="remove a user (their home is kept)")
+    delete.add_argument("name")
+    delete.set_defaults(func=_delete)
+
+    listing = verbs.add_parser("list", help="users with bytes used against their quota")
+    listing.set_defaults(func=_list)
+
+
+def _users_file(args: argparse.Namespace) -> tuple[config_mod.ServerConfig, Path]:
+    cfg = config_mod.load(args.config)
+    return cfg, cfg.users_file
+
+
+def _checked_size(text: str) -> str | int | None:
+    if text.lower() in ("none", "unlimited"):
+        return None
+    try:
+        parse_size(text)
+    except ValueError as exc:
+        raise SystemExit(f"ftpd: {exc}") from None
+    return int(text) if text.isdigit() else text
+
+
+def _run(action, *params) -> int:  # type: ignore[no-untyped-def]
+    try:
+        action(*params)
+    except useredit.UsersFileEditError as exc:
+        print(f"ftpd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from ftpd.cli import read_password
+
+    why = check_name(args.name)
+    if why:
+        print(f"ftpd: {why}", file=sys.stderr)
+        return 2
+    quota = _checked_size(args.quota) if args.quota else None
+    _, path = _users_file(args)
+    status = _run(useredit.add_user, path, args.name, hash_password(read_password()), quota)
+    if not status:
+        print(f"added {args.name}; reload the daemon (systemctl reload ftpd) to apply")
+    return status
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    from ftpd.cli import read_password
+
+    _, path = _users_file(args)
+    status = _run(useredit.set_password, path, args.name, hash_password(read_password()))
+    if not status:
+        print(f"password of {args.name} changed; reload the daemon to apply")
+    return status
+
+
+def _quota(args: argparse.Namespace) -> int:
+    _, path = _users_file(args)
+    status = _run(useredit.set_quota, path, args.name, _checked_size(args.size))
+    if not status:
+        print(f"quota of {args.name} set to {args.size}; reload the daemon to apply")
+    return status
+
+
+def _toggle(args: argparse.Namespace) -> int:
+    _, path = _users_file(args)
+    return _run(useredit.set_disabled, path, args.name, args.disabled)
+
+
+def _delete(args: argparse.Namespace) -> int:
+    _, path = _users_file(args)
+    status = _run(useredit.delete_user, path, args.name)
+    if not status:
+        print(f"removed {args.name} (home kept); reload the daemon to apply")
+    return status
+
+
+def _list(args: argparse.Namespace) -> int:
+    cfg, path = _users_file(args)
+    store = UserStore.load(path)
+    print(f"{'USER':<20} {'USED':>12} {'QUOTA':>12} {'USE%':>5}  STATE")
+    for name in sorted(store.users):
+        user = store.users[name]
+        home = cfg.home_root / name
+        used = scan_usage(home) if home.is_dir() else 0
+        limit = "unlimited" if user.quota_bytes is None else format_size(user.quota_bytes)
+        pct = "-" if not user.quota_bytes else f"{100 * used // user.quota_bytes}%"
+        state = "disabled" if user.disabled else "enabled"
+        print(f"{name:<20} {format_size(used):>12} {limit:>12} {pct:>5}  {state}")
+    return 0
