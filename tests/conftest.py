@@ -1,0 +1,272 @@
+"""Shared fixtures: a project tree in tmp_path, a real server on 127.0.0.1 port 0, clients.
+
+Layers (STYLE.md): pure tests use bytes and tmp_path only; ``server`` runs the real
+``FTPServer`` in a thread; ``daemon`` runs ``python -m ftpd serve`` as a process for the
+tests that send signals or kill it.  Every socket has a timeout; nothing sleeps to
+synchronise; nothing is written outside tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from passlib.hash import bcrypt
+
+from ftpd import config as config_mod
+from ftpd.server import FTPServer
+from ftpd.users import UserStore
+from ftp_client.connection import Connection
+
+# Low-cost hashes keep the suite fast; production hashes use the default cost (12).
+FAST = bcrypt.using(rounds=4)
+PASSWORDS = {"alice": "alice-pw", "alice2": "alice2-pw", "bob": "bob-pw", "carol": "carol-pw"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Project:
+    """A config + users file + homes under tmp_path."""
+
+    root: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    quotas: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "ftpd.yaml"
+
+    @property
+    def users_path(self) -> Path:
+        return self.root / "users.yaml"
+
+    @property
+    def home_root(self) -> Path:
+        return self.root / "home"
+
+    def home(self, user: str) -> Path:
+        return self.home_root / user
+
+    def write_users(self, users: dict[str, dict[str, Any]] | None = None) -> None:
+        if users is None:
+            users = {
+                name: {"password": FAST.hash(pw), "quota": self.quotas.get(name)}
+                for name, pw in PASSWORDS.items()
+            }
+        lines = ["users:"]
+        for name, fields in users.items():
+            lines.append(f"  {name}:")
+            for key, value in fields.items():
+                if value is None:
+                    continue
+                text = f'"{value}"' if key == "password" else str(value).lower() if isinstance(value, bool) else value
+                lines.append(f"    {key}: {text}")
+        self.users_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def write_config(self, **overrides: Any) -> None:
+        settings = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "home_root": "home",
+            "users_file": "users.yaml",
+            "log_dir": "logs",
+            "login_delay": 0.01,
+            "login_lockout": 60,
+            "login_max_failures": 5,
+            "idle_timeout": 30,
+            "login_timeout": 30,
+            "grace_period": 10,
+            "fsync": False,
+            **self.settings,
+            **overrides,
+        }
+        lines = [f"{k}: {_yaml_value(v)}" for k, v in settings.items()]
+        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def load(self) -> config_mod.ServerConfig:
+        return config_mod.load(self.config_path)
+
+
+def _yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    proj = Project(tmp_path / "srv", quotas={"alice": "10MiB", "alice2": "10MiB", "bob": None, "carol": "1MiB"})
+    proj.root.mkdir()
+    proj.write_users()
+    proj.write_config()
+    return proj
+
+
+@dataclass
+class RunningServer:
+    server: FTPServer
+    host: str
+    port: int
+    project: Project
+
+    def connect(self, timeout: float = 10.0) -> Connection:
+        return Connection(self.host, self.port, timeout=timeout)
+
+    def login(self, user: str = "alice", timeout: float = 10.0) -> Connection:
+        conn = self.connect(timeout)
+        conn.login(user, PASSWORDS[user])
+        return conn
+
+    def raw(self, timeout: float = 10.0) -> socket.socket:
+        """A bare socket, greeting not yet read."""
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+
+def start_server(project: Project, **overrides: Any) -> tuple[FTPServer, threading.Thread]:
+    if overrides:
+        project.write_config(**overrides)
+    cfg = project.load()
+    server = FTPServer(cfg, UserStore.load(cfg.users_file))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop_server(server: FTPServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    server.drain(2.0)
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def server_factory(project: Project) -> Iterator[Callable[..., RunningServer]]:
+    started: list[tuple[FTPServer, threading.Thread]] = []
+
+    def make(**overrides: Any) -> RunningServer:
+        server, thread = start_server(project, **overrides)
+        started.append((server, thread))
+        host, port = server.server_address[:2]
+        return RunningServer(server, host, port, project)
+
+    yield make
+    for server, thread in started:
+        stop_server(server, thread)
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
+    return server_factory()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[Connection]:
+    conn = server.login("alice")
+    yield conn
+    conn.close()
+
+
+# --- the daemon as a process (signals, SIGKILL) ---------------------------------------
+
+
+class DaemonProcess:
+    """``python -m ftpd serve`` on port 0; the port is read from its LISTENING line."""
+
+    def __init__(self, project: Project, env: dict[str, str] | None = None) -> None:
+        self.project = project
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> "DaemonProcess":
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ftpd", "serve", "--config", str(self.project.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=self.project.root,
+        )
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._listening = threading.Event()
+        self._reader.start()
+        if not self._listening.wait(timeout):
+            self.kill()
+            raise RuntimeError("daemon did not start:\n" + "\n".join(self.lines))
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            match = re.search(r"LISTENING host=\S+ port=(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                self._listening.set()
+
+    def wait_for_line(self, pattern: str, timeout: float = 20.0, start: int = 0) -> str:
+        """Block until a stderr line matches (polling the collected lines)."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in self.lines[start:]:
+                if regex.search(line):
+                    return line
+            if self.proc is not None and self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines[-50:]))
+
+    def connect(self, timeout: float = 10.0) -> Connection:
+        return Connection("127.0.0.1", self.port, timeout=timeout)
+
+    def login(self, user: str = "alice", timeout: float = 10.0) -> Connection:
+        conn = self.connect(timeout)
+        conn.login(user, PASSWORDS[user])
+        return conn
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def daemon(project: Project) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(project)
+    yield proc
+    proc.stop()
