@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftpd import protocol, streams
+from ftpd import protocol, store, streams
 from ftpd.errors import (
     ConflictError,
     FTPError,
@@ -282,6 +282,11 @@ class FTPHandler(socketserver.BaseRequestHandler):
         real = self._jail.existing(request.args["path"])
         entry = _describe(real, real.name or "/", self._jail)
         entry["path"] = str(self._jail.normalize(request.args["path"]))
+        if entry["type"] == "file":  # the recorded digest only: stat never hashes a file
+            with store.open_regular(real) as f:
+                known = store.recorded_digest(f.fileno(), os.fstat(f.fileno()), protocol.DEFAULT_DIGEST)
+            if known:
+                entry["checksum"] = known
         return Response(True, OK, entry["type"], data=entry)
 
     def cmd_mkdir(self, request: Request) -> Response:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat as stat_mod
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
+from ftpd.errors import ConflictError
 from ftpd.jail import RESERVED
 from ftpd.streams import hash_file
 
@@ -119,6 +121,20 @@ def digest_of(fobj: BinaryIO, digest: str) -> str:
     if _stamp(after) == _stamp(st):
         record_digest(fd, after, digest, hexdigest)
     return hexdigest
+
+
+def open_regular(real: Path) -> BinaryIO:
+    """Open a regular file for reading; never blocks on a FIFO or follows a final link.
+
+    Raises:
+        ConflictError: not a regular file.
+    """
+    fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConflictError("not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def install(partial: Path, target: Path) -> None:

@@ -188,10 +188,12 @@ def send_download(h: "FTPHandler", request: Request) -> None:
     real = jail.existing(args["path"])
     if real.is_dir():
         raise ConflictError(f"{shown}: is a directory (use get -r)")
-    with open(real, "rb") as f:
+    try:
+        f = store.open_regular(real)
+    except ConflictError:
+        raise ConflictError(f"{shown}: not a regular file") from None
+    with f:
         st = os.fstat(f.fileno())
-        if not os.path.isfile(real):
-            raise ConflictError(f"{shown}: not a regular file")
         with h.server.transfer():
             checksum = store.digest_of(f, digest)
             size = st.st_size
