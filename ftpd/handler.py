@@ -69,11 +69,13 @@ class FTPHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         logger.info("CONNECT ip=%s", self.ip)
+        refused = self.server.refusal(self.request)
         try:
-            if hasattr(self.sock, "do_handshake"):  # TLS: handshake in this thread, timed
-                self.sock.settimeout(self.server.config.login_timeout)
-                self.sock.do_handshake()
-                self.sock.settimeout(self.server.config.idle_timeout)
+            self._start_tls()
+            if refused:
+                logger.warning("REFUSED ip=%s: %s", self.ip, refused)
+                self._send_quietly(protocol.error_response(UnavailableError(refused)))
+                return
             self.send(self.server.greeting())
         except (OSError, ValueError) as exc:
             logger.info("DROPPED ip=%s before greeting: %s", self.ip, clean(exc))
@@ -100,10 +102,22 @@ class FTPHandler(socketserver.BaseRequestHandler):
             self.busy = True
             try:
                 self.dispatch(header)
+            except OSError as exc:  # the answer itself could not be sent
+                self._dropped(exc)
             finally:
                 self.busy = False
             if self.server.stopping:
                 break
+
+    def _start_tls(self) -> None:
+        """Wrap the connection in TLS (in this thread, within the login timeout)."""
+        context = self.server.ssl_context
+        if context is None:
+            return
+        self.sock.settimeout(self.server.config.login_timeout)
+        self.sock = context.wrap_socket(self.sock, server_side=True)
+        self.sock.settimeout(self.server.config.idle_timeout)
+        self.reader = streams.SocketReader(self.sock)
 
     def _next_header(self, login_deadline: float) -> dict[str, Any]:
         idle = self.server.config.idle_timeout
@@ -119,6 +133,8 @@ class FTPHandler(socketserver.BaseRequestHandler):
 
     def finish(self) -> None:
         self.server.unregister(self)
+        if self.sock is not self.request:
+            self.sock.close()  # the TLS wrapper; socketserver closes the raw socket
         logger.info("DISCONNECT ip=%s user=%s", self.ip, self.user)
 
     # --- dispatch ---------------------------------------------------------------------
@@ -138,12 +154,10 @@ class FTPHandler(socketserver.BaseRequestHandler):
             response = method(request)
             if response is not None:  # None: the command answered with its body itself
                 self.respond(response)
+        except (streams.ConnectionClosed, TimeoutError, socket.timeout, ConnectionError) as exc:
+            self._dropped(exc)
         except FTPError as exc:
             self.respond(self._fail(exc))
-        except streams.ConnectionClosed as exc:
-            self._dropped(exc)
-        except (TimeoutError, socket.timeout, ConnectionError) as exc:
-            self._dropped(exc)
         except OSError as exc:
             self.respond(self._fail(from_oserror(exc, _vpath_of(self._request))))
         except Exception:
@@ -340,7 +354,6 @@ class FTPHandler(socketserver.BaseRequestHandler):
     # --- commands: transfers (the mechanics are in ftpd.transfer) ---------------------
 
     def cmd_put(self, request: Request) -> Response:
-        self._pending_body = 0  # receive_upload owns the body from here on
         return receive_upload(self, request)
 
     def cmd_get(self, request: Request) -> None:

@@ -3,8 +3,8 @@
 One thread per connection runs an ``FTPHandler``.  What sessions share lives here: the
 current ``UserStore`` (swapped whole on reload, never mutated), the per-user quota
 ledgers, the login throttle, and the table of live sessions used for connection limits,
-status and graceful stop.  This module must never block the accept loop on a client:
-a refusal is one small frame sent with a short timeout.
+status and graceful stop.  This module must never block the accept loop on a client: refusals
+and TLS handshakes happen in the session's thread.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from ftpd import protocol
 from ftpd.config import ServerConfig
-from ftpd.errors import UnavailableError
+from ftpd.errors import ConflictError
 from ftpd.handler import FTPHandler
 from ftpd.quota import QuotaLedger
 from ftpd.throttle import LoginThrottle
@@ -55,6 +55,9 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self._ledgers: dict[str, QuotaLedger] = {}
         self._sessions: dict[socket.socket, str] = {}  # socket -> peer address
         self._handlers: set[FTPHandler] = set()
+        self._refused: dict[Any, str] = {}
+        self._claimed: dict[Path, FTPHandler] = {}
+        self._claim_freed = threading.Condition(self._lock)
         self.transfers = 0
         self.home_root = Path(config.home_root)
         self.home_root.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,11 @@ class FTPServer(socketserver.ThreadingTCPServer):
     # --- connection limits -----------------------------------------------------------
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse over-limit connections with an error frame (not silence), then close."""
+        """Admit every connection to a thread; over-limit ones are only told why there.
+
+        The refusal (a 421 frame) is sent from the session's own thread, so a slow or
+        TLS-handshaking client never stalls the accept loop.
+        """
         ip = str(client_address[0])
         with self._lock:
             total = len(self._sessions)
@@ -124,25 +131,43 @@ class FTPServer(socketserver.ThreadingTCPServer):
                 reason = "too many connections from your address"
             if reason is None:
                 self._sessions[request] = ip
-                return True
-        logger.warning("REFUSED ip=%s: %s", ip, reason)
-        try:
-            request.settimeout(1.0)
-            request.sendall(protocol.encode(protocol.error_response(UnavailableError(reason))))
-        except OSError:
-            pass
-        return False
+            else:
+                self._refused[request] = reason
+        return True
 
-    def get_request(self) -> tuple[Any, Any]:
-        sock, addr = super().get_request()
-        if self.ssl_context is not None:
-            # The handshake happens in the session's thread (do_handshake_on_connect=False).
-            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
+    def refusal(self, request: Any) -> str | None:
+        """Why this connection was refused at accept time, or None if it was admitted."""
+        with self._lock:
+            return self._refused.pop(request, None)
+
+    @contextlib.contextmanager
+    def claim(self, key: Path, owner: FTPHandler, wait_s: float = 10.0) -> Iterator[None]:
+        """One upload at a time per target path.
+
+        A newer upload to the same target takes over: the older session is assumed dead
+        (a client that reconnected after a network cut, whose old connection the daemon
+        has not noticed yet), so its socket is shut down and its partial is handed over.
+        """
+        with self._claim_freed:
+            holder = self._claimed.get(key)
+            if holder is not None and holder is not owner:
+                logger.info("TAKEOVER user=%s: a new upload replaces a stalled one", owner.user)
+                with contextlib.suppress(OSError):
+                    holder.sock.shutdown(socket.SHUT_RDWR)
+                if not self._claim_freed.wait_for(lambda: key not in self._claimed, wait_s):
+                    raise ConflictError("another upload to this path is in progress")
+            self._claimed[key] = owner
+        try:
+            yield
+        finally:
+            with self._claim_freed:
+                del self._claimed[key]
+                self._claim_freed.notify_all()
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:
             self._sessions.pop(request, None)
+            self._refused.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftpd import protocol, store, streams
@@ -70,8 +71,15 @@ def receive_upload(h: "FTPHandler", request: Request) -> Response:
         raise ConflictError(f"{shown}: is a directory")
     if not target.parent.is_dir():
         raise NotFoundError(f"{jail.to_virtual(target.parent)}: no such directory")
+    with h.server.claim(target, h):  # one upload per target: partials are never shared
+        return _receive(h, request, target, shown)
+
+
+def _receive(h: "FTPHandler", request: Request, target: Path, shown: str) -> Response:
+    args, inline = request.args, request.body is not None
+    size, digest = args["size"], args.get("digest", protocol.DEFAULT_DIGEST)
     ledger = h.server.ledger(h.user or "")
-    partial, freed = store.partial_for(jail.root, target, size)
+    partial, freed = store.partial_for(h._jail.root, target, size)
     offset = partial.stat().st_size if partial.exists() else 0
     if inline or not args.get("resume", True) or offset > size:
         freed += store.discard(partial)
