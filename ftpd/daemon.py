@@ -71,10 +71,12 @@ def status_line(server: FTPServer) -> str:
 def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status (0 after a graceful stop)."""
     notifier = notifier or Notifier()
-    server = build_server(cfg)
+    # Handlers go in before the LISTENING line: a SIGHUP sent by whoever watches for that
+    # line would otherwise kill the daemon with the default action.
     signals: queue.Queue[int] = queue.Queue()
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda n, _frame: signals.put(n))
+    server = build_server(cfg)
     loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="accept")
     loop.start()
     notifier.ready(status_line(server))
@@ -93,9 +95,10 @@ def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
             break
     finally:
         notifier.stopping()
-        logger.info("STOPPING: no new connections; grace period %.0f s", cfg.grace_period)
+        server.stopping = True  # a connection accepted before the close below gets a 421
         server.shutdown()
         server.server_close()
+        logger.info("STOPPING: no new connections; grace period %.0f s", cfg.grace_period)
         clean = server.drain(cfg.grace_period)
         loop.join(timeout=5)
         logger.info("STOPPED %s", "cleanly" if clean else "after closing sessions still running")

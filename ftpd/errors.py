@@ -20,7 +20,9 @@ class FTPError(Exception):
     #: Whether the daemon closes the connection after answering with this error.
     fatal = False
 
-    def __init__(self, message: str | None = None, **data: object) -> None:
+    # ``message`` is positional-only so a peer's data field called "message" cannot
+    # collide with it when error_for rebuilds the exception.
+    def __init__(self, message: str | None = None, /, **data: object) -> None:
         super().__init__(message or self.default_message())
         self.message = message or self.default_message()
         #: Extra machine-readable fields sent with the error (e.g. ``available``).

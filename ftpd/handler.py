@@ -37,7 +37,7 @@ from ftpd.errors import (
     UnavailableError,
     from_oserror,
 )
-from ftpd.jail import RESERVED, Jail
+from ftpd.jail import PARTIAL_PREFIX, RESERVED, Jail
 from ftpd.logs import clean
 from ftpd.protocol import OK, Request, Response
 from ftpd.transfer import receive_upload, send_download
@@ -282,7 +282,9 @@ class FTPHandler(socketserver.BaseRequestHandler):
             at_root = real == self._jail.root
             names = [
                 n for n in names
-                if not (at_root and n == RESERVED) and (show_all or not n.startswith("."))
+                if not (at_root and n == RESERVED)
+                and not n.startswith(PARTIAL_PREFIX)
+                and (show_all or not n.startswith("."))
             ]
             entries = [_describe(real / n, n, self._jail) for n in names]
         else:
@@ -294,8 +296,10 @@ class FTPHandler(socketserver.BaseRequestHandler):
 
     def cmd_stat(self, request: Request) -> Response:
         real = self._jail.existing(request.args["path"])
-        entry = _describe(real, real.name or "/", self._jail)
-        entry["path"] = str(self._jail.normalize(request.args["path"]))
+        vpath = self._jail.normalize(request.args["path"])
+        # The name the client used: not a link's target, nor the home's real name for "/".
+        entry = _describe(real, vpath.name or "/", self._jail)
+        entry["path"] = str(vpath)
         if entry["type"] == "file":  # the recorded digest only: stat never hashes a file
             with store.open_regular(real) as f:
                 known = store.recorded_digest(f.fileno(), os.fstat(f.fileno()), protocol.DEFAULT_DIGEST)

@@ -20,6 +20,8 @@ from ftpd.errors import InvalidPathError, NotFoundError, PathEscapeError, Permis
 
 #: The daemon's own bookkeeping inside each home (partial uploads); unreachable by path.
 RESERVED = ".ftpd"
+#: Partials placed beside their target (on a mount inside a home); unreachable too.
+PARTIAL_PREFIX = ".ftpd-part."
 MAX_VPATH = 4096
 MAX_NAME = 255
 
@@ -60,8 +62,8 @@ class Jail:
                     parts.pop()
                 continue
             parts.append(part)
-        if parts and parts[0] == RESERVED:
-            raise PathEscapeError(f"{RESERVED} is reserved")
+        if (parts and parts[0] == RESERVED) or any(p.startswith(PARTIAL_PREFIX) for p in parts):
+            raise PathEscapeError("that name is reserved for the server's partial files")
         return PurePosixPath("/", *parts)
 
     def resolve(self, vpath: str) -> Path:
@@ -78,7 +80,9 @@ class Jail:
         if not real.is_relative_to(self.root):
             raise PathEscapeError(f"{virtual}: outside your home")
         rel = real.relative_to(self.root)
-        if rel.parts and rel.parts[0] == RESERVED:
+        if (rel.parts and rel.parts[0] == RESERVED) or any(
+            p.startswith(PARTIAL_PREFIX) for p in rel.parts
+        ):
             raise PathEscapeError(f"{virtual}: reserved")
         return real
 

@@ -1,7 +1,8 @@
 """Files at rest inside a home: partial uploads, recorded digests, atomic install.
 
-Partials live in ``<home>/.ftpd/partial/``, which the jail makes unreachable and ``ls``
-never shows; a partial's name is a key of its target plus the declared size, so a
+Partials live in ``<home>/.ftpd/partial/`` (or, for a target on another file system
+mounted inside the home, beside it as ``.ftpd-part.*``), which the jail makes
+unreachable and ``ls`` never shows; a partial's name is a key of its target plus the declared size, so a
 partial of another size is another source and is discarded, never spliced.  A file's
 digest is recorded (as an extended attribute, with size and mtime) when it is uploaded,
 so a download can stream at once; it is recomputed only when the file changed by other
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ftpd.errors import ConflictError
-from ftpd.jail import RESERVED
+from ftpd.jail import PARTIAL_PREFIX, RESERVED
 from ftpd.streams import hash_file
 
 PARTIAL_DIR = Path(RESERVED) / "partial"
@@ -41,16 +42,21 @@ def partial_for(root: Path, target: Path, size: int) -> tuple[Path, int]:
     """The partial for uploading ``size`` bytes to ``target``, and bytes freed by cleanup.
 
     Partials of the same target with another declared size belong to another source and
-    are removed here.
+    are removed here.  A target on another file system than the home (a mount inside it)
+    gets its partial beside it, named ``.ftpd-part.*``, so the final rename stays atomic.
     """
-    rel = os.fsencode(target.relative_to(root))
-    key = hashlib.sha256(rel).hexdigest()[:40]
     folder = partial_dir(root)
-    mine = folder / f"{key}.{size}"
+    if os.stat(target.parent).st_dev == os.stat(folder).st_dev:
+        key = hashlib.sha256(os.fsencode(target.relative_to(root))).hexdigest()[:40]
+        prefix = key + "."
+    else:
+        folder = target.parent
+        prefix = PARTIAL_PREFIX + hashlib.sha256(os.fsencode(target.name)).hexdigest()[:40] + "."
+    mine = folder / f"{prefix}{size}"
     freed = 0
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.startswith(key + ".") and entry.name != mine.name:
+            if entry.name.startswith(prefix) and entry.name != mine.name:
                 freed += _unlink(Path(entry.path))
     return mine, freed
 

@@ -14,6 +14,7 @@ This module must never let a byte land under a real name before its digest match
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -155,7 +156,11 @@ class _Upload:
     def verify(self, f, checksum: str, shown: str) -> str:  # type: ignore[no-untyped-def]
         """Raise on a write error or a digest mismatch (discarding the partial); else record."""
         if self.sink is not None and self.sink.error is not None:
-            raise self.sink.error  # disk full etc.: the partial stays, resumable
+            # Disk full: give the space back at once rather than hold a partial that
+            # blocks every user of the disk; other write errors keep it resumable.
+            if self.sink.error.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.delta -= store.discard(self.partial)
+            raise self.sink.error
         if self.h.server.config.fsync:
             os.fsync(f.fileno())
         actual = self.hasher.hexdigest()
