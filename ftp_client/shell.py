@@ -40,6 +40,8 @@ class Session:
         self.cwd = "/"
 
     def open(self) -> Connection:
+        if self.conn is not None and self.conn.is_stale():
+            self.drop()  # closed by the server while we were idle: reconnect, keep the cwd
         if self.conn is None:
             conn = self._connect()
             try:
@@ -348,65 +350,96 @@ class Shell(cmd.Cmd):
         return [n + " " for n in super().completenames(text, *ignored) if n != "EOF"]
 
     def _remote_matches(self, text: str, dirs_only: bool = False) -> list[str]:
-        folder, _, stem = text.rpartition("/")
-        key = folder or "."
-        hit = self._list_cache.get(key)
+        folder, sep, stem = text.rpartition("/")
+        listing = (folder or "/") if sep else ""
+        hit = self._list_cache.get(listing)
         if hit is None or time.monotonic() - hit[0] > 5:
             try:
-                hit = (time.monotonic(), self.conn.listdir(folder + "/" if folder else None, True))
+                hit = (time.monotonic(), self.conn.listdir(listing or None, True))
             except (errors.FTPError, OSError):
                 return []
-            self._list_cache[key] = hit
-        out = []
-        for e in hit[1]:
-            if e["name"].startswith(stem) and (e["type"] == "dir" or not dirs_only):
-                prefix = f"{folder}/" if folder or text.startswith("/") else ""
-                out.append(prefix + e["name"] + ("/" if e["type"] == "dir" else ""))
-        return out
+            self._list_cache[listing] = hit
+        entries = [(e["name"], e["type"] == "dir") for e in hit[1] if not e.get("undecodable")]
+        return _matching(folder + sep, stem, entries, dirs_only)
 
     def _local_matches(self, text: str, dirs_only: bool = False) -> list[str]:
-        folder, _, stem = text.rpartition("/")
-        base = Path(folder or ".").expanduser()
+        folder, sep, stem = text.rpartition("/")
+        base = Path((folder or "/") if sep else ".").expanduser()
         try:
-            names = sorted(p for p in os.listdir(base) if p.startswith(stem))
+            names = os.listdir(base)
         except OSError:
             return []
+        entries = [(n, (base / n).is_dir()) for n in names if n.startswith(stem)]
+        return _matching(folder + sep, stem, entries, dirs_only)
+
+    def _complete(
+        self, text: str, line: str, begidx: int, endidx: int, local_first: bool = False, dirs: bool = False
+    ) -> list[str]:
+        """Complete the shell-quoted word under the cursor; results come back quoted too.
+
+        readline splits words at spaces and quotes only, so ``put "my fi<TAB>`` hands us
+        ``fi``: the whole word is re-read with shlex and only its tail is replaced.
+        """
+        tokens, quote = _split_partial(line[:endidx])
+        word = "" if line[:endidx][-1:].isspace() or len(tokens) < 2 else tokens[-1]
+        position = len(tokens) - (0 if word == "" and len(tokens) >= 1 else 1)
+        finder = self._local_matches if local_first and position <= 1 else self._remote_matches
         out = []
-        for n in names:
-            is_dir = (base / n).is_dir()
-            if is_dir or not dirs_only:
-                out.append((f"{folder}/" if folder else "") + n + ("/" if is_dir else ""))
+        for match in finder(word, dirs):
+            tail = match[len(word) - len(text) :] if len(word) >= len(text) else match
+            # Inside quotes readline closes the quote itself; outside, escape like a shell.
+            out.append(tail if quote else _escape(tail))
         return out
 
-    def _complete(self, text: str, line: str, begidx: int, local_first: bool = False, dirs: bool = False) -> list[str]:
-        words = line[:begidx].split()
-        position = len(words)  # 1 = first argument
-        if local_first and position == 1:
-            return self._local_matches(text, dirs)
-        return self._remote_matches(text, dirs)
-
     def complete_cd(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        return self._complete(text, line, begidx, dirs=True)
+        return self._complete(text, line, begidx, endidx, dirs=True)
 
     complete_rmdir = complete_mkdir = complete_cd
 
     def complete_ls(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        return self._complete(text, line, begidx)
+        return self._complete(text, line, begidx, endidx)
 
     complete_stat = complete_rm = complete_mv = complete_get = complete_ls
 
     def complete_put(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        return self._complete(text, line, begidx, local_first=True)
+        return self._complete(text, line, begidx, endidx, local_first=True)
 
     def complete_lcd(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        return self._local_matches(text, dirs_only=True)
+        return self._complete(text, line, begidx, endidx, local_first=True, dirs=True)
 
     def complete_lls(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        return self._local_matches(text)
+        return self._complete(text, line, begidx, endidx, local_first=True)
 
     def precmd(self, line: str) -> str:
         self._list_cache.clear()
         return line
+
+
+def _matching(prefix: str, stem: str, entries: list[tuple[str, bool]], dirs_only: bool) -> list[str]:
+    """Completions: names starting with ``stem``, directories with a trailing ``/``."""
+    return sorted(
+        prefix + name + ("/" if is_dir else "")
+        for name, is_dir in entries
+        if name.startswith(stem) and (is_dir or not dirs_only)
+    )
+
+
+_SPECIAL = set(" \t\"'\\$`!;&|<>()*?[]#~{}")
+
+
+def _escape(text: str) -> str:
+    """Backslash-escape what a POSIX shell would split or expand."""
+    return "".join("\\" + c if c in _SPECIAL else c for c in text)
+
+
+def _split_partial(head: str) -> tuple[list[str], str]:
+    """Split a half-typed line; returns the words and the still-open quote, if any."""
+    for closer in ("", '"', "'"):
+        try:
+            return shlex.split(head + closer), closer
+        except ValueError:
+            continue
+    return head.split(), ""
 
 
 def _when(ts: float) -> str:

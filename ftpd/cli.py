@@ -104,7 +104,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config).with_overrides(host=args.host, port=args.port)
     setup_logging(cfg.log_dir, cfg.log_level, cfg.log_max_bytes, cfg.log_backup_count)
-    return run(cfg)
+    try:
+        return run(cfg)
+    except OSError as exc:  # bind failures, an unreadable TLS key, an unwritable home_root
+        logger.error("cannot start: %s", exc)
+        return 1
 
 
 if __name__ == "__main__":
