@@ -22,31 +22,43 @@ def add_parser(sub: argparse._SubParsersAction, default_config: Path) -> None:
     user = sub.add_parser("user", help="manage accounts in the users file")
     user.add_argument("--config", type=Path, default=default_config, help="ftpd.yaml (default: %(default)s)")
     verbs = user.add_subparsers(metavar="ACTION", required=True)
+    # Also after the action (`ftpd user list --config X`, as with `ftpd serve --config X`);
+    # SUPPRESS: an action given none leaves the value parsed before it in place.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="ftpd.yaml")
 
-    add = verbs.add_parser("add", help="add a user (password from a prompt or one stdin line)")
+    add = verbs.add_parser(
+        "add", parents=[after], help="add a user (password from a prompt or one stdin line)"
+    )
     add.add_argument("name")
     add.add_argument("--quota", help="e.g. 500MiB, 2GiB, 1GB (decimal); default unlimited")
     add.set_defaults(func=_add)
 
-    passwd = verbs.add_parser("passwd", help="set a user's password")
+    passwd = verbs.add_parser("passwd", parents=[after], help="set a user's password")
     passwd.add_argument("name")
     passwd.set_defaults(func=_passwd)
 
-    quota = verbs.add_parser("quota", help="set a user's quota ('none' for unlimited)")
+    quota = verbs.add_parser(
+        "quota", parents=[after], help="set a user's quota ('none' for unlimited)"
+    )
     quota.add_argument("name")
     quota.add_argument("size")
     quota.set_defaults(func=_quota)
 
     for verb, flag in (("disable", True), ("enable", False)):
-        p = verbs.add_parser(verb, help=f"{verb} a user's logins (sessions end on reload)")
+        p = verbs.add_parser(
+            verb, parents=[after], help=f"{verb} a user's logins (sessions end on reload)"
+        )
         p.add_argument("name")
         p.set_defaults(func=_toggle, disabled=flag)
 
-    delete = verbs.add_parser("del", help="remove a user (their home is kept)")
+    delete = verbs.add_parser("del", parents=[after], help="remove a user (their home is kept)")
     delete.add_argument("name")
     delete.set_defaults(func=_delete)
 
-    listing = verbs.add_parser("list", help="users with bytes used against their quota")
+    listing = verbs.add_parser(
+        "list", parents=[after], help="users with bytes used against their quota"
+    )
     listing.set_defaults(func=_list)
 
 

@@ -1,0 +1,287 @@
+"""TLS: a trustme CA signs the server's certificate; clients verify it, or are refused.
+
+The server here is the real ``FTPServer`` with the SSL context the daemon builds from
+``tls: {cert, key}`` (``ftpd.daemon.tls_context``), run in a thread as in conftest; one
+test runs the daemon process itself with TLS on.  Every client has a short timeout, so a
+refusal shows up as an error, never as a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from ftp_client import cli as client_cli
+from ftp_client.connection import ConnectError, Connection, tls_context
+from ftp_client.transfer import INLINE_MAX, get_file, put_file
+from ftpd import daemon as daemon_mod
+from ftpd import protocol
+from ftpd.server import FTPServer
+from ftpd.users import UserStore
+from tests.conftest import PASSWORDS, DaemonProcess, Project
+
+TIMEOUT_S = 5.0
+
+
+@dataclass
+class TLSServer:
+    host: str
+    port: int
+    ca_file: Path
+    server: FTPServer
+
+    def connect(
+        self, context: ssl.SSLContext | None, host: str | None = None, timeout: float = TIMEOUT_S
+    ) -> Connection:
+        return Connection(host or self.host, self.port, timeout=timeout, tls=context)
+
+    def login(self, user: str = "alice", host: str | None = None) -> Connection:
+        conn = self.connect(tls_context(cafile=str(self.ca_file)), host)
+        conn.login(user, PASSWORDS[user])
+        return conn
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _write_cert(ca: trustme.CA, folder: Path, names: tuple[str, ...]) -> tuple[Path, Path, Path]:
+    """(ca.pem, cert.pem, key.pem) for a server certificate valid for ``names``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    issued = ca.issue_cert(*names)
+    ca_file, cert, key = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    return ca_file, cert, key
+
+
+@pytest.fixture
+def tls_server_factory(project: Project, ca: trustme.CA) -> Iterator[Callable[..., TLSServer]]:
+    started: list[tuple[FTPServer, threading.Thread]] = []
+
+    def make(names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TLSServer:
+        ca_file, cert, key = _write_cert(ca, project.root / "tls", names)
+        project.write_config(tls={"cert": str(cert), "key": str(key)})
+        cfg = project.load()
+        assert cfg.tls is not None and cfg.tls.cert == cert
+        server = FTPServer(
+            cfg, UserStore.load(cfg.users_file), ssl_context=daemon_mod.tls_context(cfg)
+        )
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        started.append((server, thread))
+        host, port = server.server_address[:2]
+        return TLSServer(host, port, ca_file, server)
+
+    yield make
+    for server, thread in started:
+        server.shutdown()
+        server.server_close()
+        server.drain(2.0)
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def tls_server(tls_server_factory: Callable[..., TLSServer]) -> TLSServer:
+    return tls_server_factory()
+
+
+# --- a verified session -------------------------------------------------------------
+
+
+def test_tls_login_list_put_get_byte_identical(
+    tls_server: TLSServer, project: Project, tmp_path: Path
+) -> None:
+    conn = tls_server.login("alice")
+    assert isinstance(conn.sock, ssl.SSLSocket)
+    assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+    assert conn.greeting.code == protocol.GREETING
+
+    payload = os.urandom(2 * 1024 * 1024)
+    assert len(payload) > INLINE_MAX  # the two-phase put
+    local = tmp_path / "up.bin"
+    local.write_bytes(payload)
+    conn.call("mkdir", path="dir")
+    put = put_file(conn, local, "dir/file.bin")
+    assert put.size == len(payload) and put.offset == 0
+    assert (project.home("alice") / "dir" / "file.bin").read_bytes() == payload
+
+    assert [(e["name"], e["type"], e["size"]) for e in conn.listdir("dir")] == [
+        ("file.bin", "file", len(payload))
+    ]
+
+    # The daemon's download uses socket.sendfile, which an SSL socket serves with send().
+    back = tmp_path / "down.bin"
+    got = get_file(conn, "dir/file.bin", back)
+    assert got.checksum == put.checksum
+    assert back.read_bytes() == payload
+
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"inline over tls")
+    put_file(conn, small, "small.bin")
+    get_file(conn, "small.bin", tmp_path / "small-back.bin")
+    assert (tmp_path / "small-back.bin").read_bytes() == b"inline over tls"
+    conn.quit()
+
+
+def test_tls_by_host_name_in_certificate(tls_server: TLSServer) -> None:
+    conn = tls_server.connect(tls_context(cafile=str(tls_server.ca_file)), host="localhost")
+    conn.login("bob", PASSWORDS["bob"])
+    assert conn.call("pwd").data["cwd"] == "/"
+    conn.quit()
+
+
+# --- refusals -----------------------------------------------------------------------
+
+
+def test_tls_unknown_ca_refused(tls_server: TLSServer) -> None:
+    with pytest.raises(ConnectError) as info:
+        tls_server.connect(tls_context())  # the system store does not know our test CA
+    assert "certificate" in info.value.message
+    tls_server.login("alice").quit()  # the server goes on
+
+
+def test_tls_host_name_mismatch_refused(tls_server_factory: Callable[..., TLSServer]) -> None:
+    server = tls_server_factory(names=("ftp.example.org",))
+    with pytest.raises(ConnectError) as info:
+        server.connect(tls_context(cafile=str(server.ca_file)))
+    assert "certificate" in info.value.message
+    assert "127.0.0.1" in info.value.message
+
+
+@pytest.mark.parametrize("names", [("127.0.0.1",), ("ftp.example.org",)])
+def test_tls_insecure_connects_without_verifying(
+    tls_server_factory: Callable[..., TLSServer], names: tuple[str, ...]
+) -> None:
+    server = tls_server_factory(names=names)
+    conn = server.connect(tls_context(insecure=True))  # no CA, maybe the wrong name
+    conn.login("alice", PASSWORDS["alice"])
+    assert conn.call("pwd").data["cwd"] == "/"
+    conn.quit()
+
+
+def test_tls_plain_client_fails_cleanly_and_server_serves_on(tls_server: TLSServer) -> None:
+    # A plain client waits for a greeting that never comes in clear: its timeout ends it.
+    with pytest.raises(ConnectError):
+        tls_server.connect(None, timeout=1.0)
+
+    # A plain client that speaks first: the handshake fails and the daemon closes at once.
+    with socket.create_connection((tls_server.host, tls_server.port), timeout=TIMEOUT_S) as raw:
+        header = b'{"cmd":"login","args":{"user":"alice","password":"x"}}'
+        raw.sendall(struct.pack(">I", len(header)) + header)
+        try:
+            rest = raw.recv(65536)
+            while rest and not rest.startswith(b"\x15"):  # at most a TLS alert, then EOF
+                rest = raw.recv(65536)
+        except ConnectionResetError:
+            pass
+
+    conn = tls_server.login("alice")
+    assert conn.call("pwd").data["cwd"] == "/"
+    conn.quit()
+
+
+# --- the ftp-client command ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        (("--tls", "--cafile", "{ca}"), 0),
+        (("--cafile", "{ca}"), 0),  # --cafile implies --tls
+        (("--tls", "--insecure"), 0),
+        (("--tls",), 3),  # the system store does not know our CA
+        ((), 3),  # plain against a TLS port: no greeting within the timeout
+    ],
+)
+def test_tls_client_cli_exit_status(
+    tls_server: TLSServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: tuple[str, ...],
+    status: int,
+) -> None:
+    monkeypatch.setenv("FTP_PASSWORD", PASSWORDS["alice"])
+    argv = [a.format(ca=tls_server.ca_file) for a in extra]
+    argv += ["-u", "alice", "-q", "--timeout", "2", "-c", "ls", f"127.0.0.1:{tls_server.port}"]
+    assert client_cli.main(argv) == status
+    _, err = capsys.readouterr()
+    if extra == ("--tls",):
+        assert "certificate" in err
+
+
+# --- the daemon process -------------------------------------------------------------
+
+
+def test_tls_daemon_process_serves_tls(project: Project, ca: trustme.CA) -> None:
+    ca_file, cert, key = _write_cert(ca, project.root / "tls", ("127.0.0.1",))
+    project.write_config(tls={"cert": str(cert), "key": str(key)})
+    proc = DaemonProcess(project)
+    try:
+        proc.start()
+        assert any("tls=True" in line for line in proc.lines if "LISTENING" in line)
+        conn = Connection(
+            "127.0.0.1", proc.port, timeout=TIMEOUT_S, tls=tls_context(cafile=str(ca_file))
+        )
+        conn.login("bob", PASSWORDS["bob"])
+        assert conn.call("pwd").data["cwd"] == "/"
+        # An idle TLS session is closed at once on SIGTERM, as a plain one is.
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert any("STOPPED cleanly" in line for line in proc.lines)
+        conn.close()
+    finally:
+        proc.stop()
+
+
+def test_tls_off_on_public_address_warns(project: Project) -> None:
+    project.write_config(host="0.0.0.0")
+    proc = DaemonProcess(project)
+    try:
+        proc.start()
+        line = proc.wait_for_line("passwords cross the network in clear")
+        assert "WARNING" in line and "0.0.0.0" in line
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
+    finally:
+        proc.stop()
+
+
+def test_tls_off_on_loopback_does_not_warn(project: Project) -> None:
+    proc = DaemonProcess(project)
+    try:
+        proc.start()
+        proc.login("alice").quit()
+        # The warning would come right after LISTENING, before any session.
+        proc.wait_for_line("LOGIN OK")
+        assert not any("in clear" in line for line in proc.lines)
+    finally:
+        proc.stop()
+
+
+def test_tls_on_public_address_does_not_warn(project: Project, ca: trustme.CA) -> None:
+    _, cert, key = _write_cert(ca, project.root / "tls", ("127.0.0.1",))
+    project.write_config(host="0.0.0.0", tls={"cert": str(cert), "key": str(key)})
+    proc = DaemonProcess(project)
+    try:
+        proc.start()
+        mark = len(proc.lines)
+        proc.signal(signal.SIGTERM)
+        proc.wait_for_line("STOPPED", start=mark)
+        assert not any("in clear" in line for line in proc.lines)
+    finally:
+        proc.stop()
