@@ -90,6 +90,7 @@ def _check_config(args: argparse.Namespace) -> int:
             store = UserStore.load(cfg.users_file)
         except ConfigError as exc:
             problems += exc.problems
+        problems += _tls_problems(cfg)
     for problem in problems:
         print(ConfigError.format(problem), file=sys.stderr)
     if problems:
@@ -97,6 +98,19 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"ftpd: {args.config} and {cfg.users_file} are valid ({len(store)} users)")
     return 0
+
+
+def _tls_problems(cfg: config_mod.ServerConfig) -> list[tuple[str, int | None, str, str]]:
+    """Load the certificate and key as the daemon will, so a bad PEM shows up here."""
+    if cfg.tls is None:
+        return []
+    from ftpd.daemon import tls_context
+
+    try:
+        tls_context(cfg)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        return [(str(cfg.path), None, "tls", f"cannot load the certificate and key: {exc}")]
+    return []
 
 
 def _serve(args: argparse.Namespace) -> int:

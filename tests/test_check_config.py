@@ -283,3 +283,15 @@ def test_check_config_lists_every_problem_in_users_yaml(
         line = _line_of(project.users_path, pattern)
         assert f"{project.users_path}:{line}: {key}: " in err, (key, err)
     assert "ftpd: 4 problem(s) found" in err
+
+
+def test_check_config_refuses_a_tls_pair_that_does_not_load(project, capsys):
+    from ftpd.cli import main
+
+    cert, key = project.root / "cert.pem", project.root / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot really\n-----END CERTIFICATE-----\n")
+    key.write_text("garbage\n")
+    project.write_config(tls={"cert": "cert.pem", "key": "key.pem"})
+    assert main(["check-config", "--config", str(project.config_path)]) == 1
+    err = capsys.readouterr().err
+    assert "tls" in err and "cannot load the certificate and key" in err
