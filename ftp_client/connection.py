@@ -8,6 +8,7 @@ block without a timeout, and never trust a length the server sends beyond its ca
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import ssl
 from typing import Any
@@ -127,6 +128,21 @@ class Connection:
         response = self.call("ls", path=path, all=show_all or None)
         body = self.read_body(response)
         return [json.loads(line) for line in body.decode("utf-8").splitlines() if line]
+
+    def is_stale(self) -> bool:
+        """True if the server spoke or hung up since its last answer (idle timeout, stop).
+
+        Between commands the daemon sends nothing, so anything readable now is a farewell
+        frame (408, 421) or the end of the stream: this connection cannot take a command.
+        """
+        if self.reader.buffered:
+            return True
+        try:
+            with selectors.DefaultSelector() as selector:  # poll/epoll: no FD_SETSIZE limit
+                selector.register(self.sock, selectors.EVENT_READ)
+                return bool(selector.select(0))
+        except (OSError, ValueError):  # closed already
+            return True
 
     def close(self) -> None:
         try:
