@@ -204,7 +204,8 @@ class FTPHandler(socketserver.BaseRequestHandler):
         args = request.args if request else {}
         shown = " ".join(f"{k}={clean(v, 120)}" for k, v in args.items() if k != "password")
         logger.log(
-            logging.ERROR if response.code >= 500 else logging.INFO,
+            # A server fault is an ERROR; a client's bad command (501) or a full disk is not.
+            logging.ERROR if response.error in ("internal_error", "os_error") else logging.INFO,
             "CMD ip=%s user=%s %s %s -> %d %s (%.1f ms)",
             self.ip, self.user, clean(name, 40), shown, response.code, response.error or "ok", ms,
         )
@@ -237,13 +238,13 @@ class FTPHandler(socketserver.BaseRequestHandler):
         account = self.server.users.authenticate(name, password)
         if account is None:
             delay = throttle.failed(name, self.ip)
-            logger.warning("LOGIN FAILED user=%r ip=%s", clean(name, 64), self.ip)
+            logger.warning("LOGIN FAILED user='%s' ip=%s", clean(name, 64), self.ip)
             time.sleep(delay)  # the brake: a growing wait before the answer
             raise LoginFailedError("login incorrect")
         throttle.succeeded(name, self.ip)
         home = self.server.home_of(account.name)
         self.user, self.jail = account.name, Jail(home)
-        logger.info("LOGIN OK user=%r ip=%s", account.name, self.ip)
+        logger.info("LOGIN OK user='%s' ip=%s", clean(account.name), self.ip)
         return Response(True, OK, f"welcome, {account.name}", data={"cwd": "/"})
 
     def cmd_quit(self, request: Request) -> Response:
