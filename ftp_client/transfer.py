@@ -70,8 +70,12 @@ def put_file(
     remote: str,
     progress: ProgressFactory = no_progress,
     notice: Callable[[str], None] = lambda _m: None,
+    digest: str = protocol.DEFAULT_DIGEST,
 ) -> Result:
-    """Upload ``local`` to ``remote``, resuming a partial the server holds for it."""
+    """Upload ``local`` to ``remote``, resuming a partial the server holds for it.
+
+    ``digest`` is the protocol's per-transfer digest (md5 unless negotiated otherwise).
+    """
     with open(local, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat_mod.S_ISREG(st.st_mode):
@@ -81,21 +85,30 @@ def put_file(
             data = f.read(size + 1)
             if len(data) != size:
                 raise errors.ConflictError(f"{local}: changed while being read")
-            checksum = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            hasher = streams.new_hasher(digest)
+            hasher.update(data)
+            checksum = hasher.hexdigest()
             bar = progress(remote, size, 0)
             try:
-                response = conn.call("put", body=data, path=remote, size=size, checksum=checksum)
+                response = conn.call(
+                    "put", body=data, path=remote, size=size, checksum=checksum, digest=_arg(digest)
+                )
                 bar.update(size)
             finally:
                 bar.close()
             return Result(remote, size, 0, response.data.get("checksum", checksum))
-        return _put_stream(conn, f, size, remote, progress, notice)
+        return _put_stream(conn, f, size, remote, progress, notice, digest)
 
 
-def _put_stream(conn, f, size, remote, progress, notice) -> Result:  # type: ignore[no-untyped-def]
-    ready = conn.call("put", path=remote, size=size)
+def _arg(digest: str) -> str | None:
+    """The ``digest`` request arg: left out for the default, as older callers sent it."""
+    return None if digest == protocol.DEFAULT_DIGEST else digest
+
+
+def _put_stream(conn, f, size, remote, progress, notice, digest) -> Result:  # type: ignore[no-untyped-def]
+    ready = conn.call("put", path=remote, size=size, digest=_arg(digest))
     offset = int(ready.data.get("offset", 0))
-    hasher = streams.new_hasher()
+    hasher = streams.new_hasher(digest)
     start, restarted = 0, False
     if offset:
         streams.copy_exact(f, None, offset, hasher)  # hash our own prefix to compare
@@ -104,7 +117,7 @@ def _put_stream(conn, f, size, remote, progress, notice) -> Result:  # type: ign
             notice(f"resuming upload of {remote} at byte {offset} of {size}")
         else:
             notice(f"the server's partial {remote} came from another source; restarting")
-            hasher, restarted = streams.new_hasher(), True
+            hasher, restarted = streams.new_hasher(digest), True
             f.seek(0)
     conn.send(Data(size - start, start))
     bar = progress(remote, size, start)
@@ -166,6 +179,7 @@ def get_file(
     local: Path,
     progress: ProgressFactory = no_progress,
     notice: Callable[[str], None] = lambda _m: None,
+    digest: str = protocol.DEFAULT_DIGEST,
 ) -> Result:
     """Download ``remote`` to ``local`` via a verified partial; resume a matching partial."""
     if local.is_dir():
@@ -175,7 +189,7 @@ def get_file(
     if olds:
         checksum = _digest_in(olds[0])
         offset = olds[0].stat().st_size
-    response = conn.call("get", path=remote, offset=offset or None, checksum=checksum)
+    response = conn.call("get", path=remote, offset=offset or None, checksum=checksum, digest=_arg(digest))
     data = response.data
     size, start, remote_sum = int(data["size"]), int(data["offset"]), str(data["checksum"])
     if not protocol.is_hex_digest(remote_sum) or start > size or response.body != size - start:
