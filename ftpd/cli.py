@@ -24,9 +24,10 @@ DEFAULT_CONFIG = Path("conf/ftpd.yaml")
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]  # plain `ftpd` (or `ftpd --config X`) serves
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        args = parser.parse_args(["serve", *(argv or [])])
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -33,3 +33,10 @@ def test_daemon_process_serves_and_stops_cleanly(daemon):
     conn.quit()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+def test_cli_plain_options_mean_serve(tmp_path, capsys):
+    from ftpd.cli import main
+
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "missing.yaml: file not found" in capsys.readouterr().err
