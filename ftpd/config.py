@@ -58,6 +58,7 @@ _PATHS = ("home_root", "users_file", "log_dir")
 _SIZES = ("log_max_bytes",)
 _POSITIVE_INTS = ("max_connections", "max_per_ip", "login_max_failures")
 _SECONDS = ("idle_timeout", "login_timeout", "login_lockout", "login_delay", "grace_period")
+_MAX_SECONDS = 10**8  # over three years
 
 
 def load(path: Path) -> ServerConfig:
@@ -113,8 +114,11 @@ def _convert(key: str, value: Any, base: Path) -> Any:
             raise ValueError(f"must be an integer >= {low}")
         return value
     if key in _SECONDS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError("must be a positive number of seconds")
+        # Written so that YAML's .nan fails too; socket.settimeout() refuses NaN, inf and
+        # anything past time_t at run time, in every session, so refuse them here.
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not 0 < value <= _MAX_SECONDS:
+            raise ValueError(f"must be a positive number of seconds (at most {_MAX_SECONDS})")
         return float(value)
     if key == "log_level":
         if not isinstance(value, str) or value.upper() not in logging.getLevelNamesMapping():

@@ -118,5 +118,7 @@ class Jail:
         real = self.existing(vpath)
         if not real.is_dir():
             raise NotFoundError(f"{self.normalize(vpath)}: not a directory")
-        self.cwd = PurePosixPath(self.to_virtual(real))
-        return str(self.cwd)
+        cwd = self.to_virtual(real)
+        check_text(cwd)  # e.g. a link to a directory whose name is not valid UTF-8
+        self.cwd = PurePosixPath(cwd)
+        return cwd

@@ -176,7 +176,12 @@ Message = Request | Response | Data | End
 def encode(message: Message) -> bytes:
     """Encode one frame (length prefix + header); the caller sends any body after it."""
     raw = json.dumps(message.to_header(), ensure_ascii=False, separators=(",", ":"))
-    data = raw.encode("utf-8", "surrogateescape")
+    try:
+        data = raw.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate, e.g. an undecodable local file name from os.fsdecode: the
+        # peer decodes strictly and would drop the connection, so refuse it before sending.
+        raise BadRequestError("text is not valid Unicode (an undecodable file name?)") from None
     if len(data) > MAX_HEADER_BYTES:
         raise HeaderTooLargeError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
     return LENGTH.pack(len(data)) + data
@@ -302,6 +307,7 @@ def is_hex_digest(value: object) -> bool:
     return (
         isinstance(value, str)
         and 32 <= len(value) <= 128
+        and len(value) % 2 == 0
         and all(c in "0123456789abcdef" for c in value)
     )
 

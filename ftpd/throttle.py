@@ -81,6 +81,12 @@ class LoginThrottle:
             self._state.pop(("user", user), None)
 
     def _prune(self, now: float) -> None:
+        """Forget forgiven keys; if a spray of fresh ones still overflows, drop half of
+        them, unlocked before locked and oldest first, so live lockouts survive a flood."""
         stale = [k for k, (_, last, until) in self._state.items() if now - last > self.lockout_s and now >= until]
         for key in stale:
             del self._state[key]
+        if len(self._state) > _MAX_KEYS:
+            by_age = sorted(self._state, key=lambda k: (self._state[k][2] > now, self._state[k][1]))
+            for key in by_age[: len(by_age) // 2]:
+                del self._state[key]

@@ -7,6 +7,7 @@ users.py").  This module must never log, return or store a plaintext password.
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,38 @@ def hash_password(password: str) -> str:
 
 
 def is_known_hash(value: str) -> bool:
-    return CONTEXT.identify(value) is not None
+    """Whether ``value`` is a whole hash of a scheme we verify (not merely its prefix).
+
+    ``identify`` only looks at the prefix, so a truncated paste such as ``$2b$12$abc``
+    would load fine and then never verify: parse it and require a checksum as well.
+    """
+    scheme = CONTEXT.identify(value)
+    if scheme is None:
+        return False
+    try:
+        parsed = CONTEXT.handler(scheme).from_string(value)
+    except ValueError:
+        return False
+    return getattr(parsed, "checksum", None) is not None
+
+
+_dummy_costs: dict[int, list[float]] = {}  # per context (tests swap in cheap ones)
+
+
+def _dummy_verify() -> None:
+    """``CONTEXT.dummy_verify()``, timed: the cost every failure is padded to."""
+    started = time.perf_counter()
+    CONTEXT.dummy_verify()
+    costs = _dummy_costs.setdefault(id(CONTEXT), [])
+    costs.append(time.perf_counter() - started)
+    del costs[:-9]  # the last few are enough for a median
+
+
+def _dummy_verify_s() -> float:
+    if not _dummy_costs.get(id(CONTEXT)):
+        _dummy_verify()
+    costs = sorted(_dummy_costs[id(CONTEXT)])
+    return costs[len(costs) // 2]
 
 
 @dataclass(frozen=True)
@@ -124,17 +156,22 @@ class UserStore:
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if the password matches and the account is enabled, else None.
 
-        An unknown or disabled user costs the same as a wrong password (dummy_verify),
-        so timing tells an attacker nothing about which names exist.
+        An unknown or disabled user costs a ``dummy_verify`` (the default scheme and
+        cost).  A wrong password against a cheaper hash (an old scheme, a low cost) is
+        padded to that same cost, so no failure answers faster than a name that does
+        not exist.
         """
+        started = time.perf_counter()
         user = self.users.get(name)
         if user is None or user.disabled:
-            CONTEXT.dummy_verify()
+            _dummy_verify()
             return None
         try:
             ok = CONTEXT.verify(password, user.password_hash)
         except (ValueError, TypeError):
             ok = False
+        if not ok:
+            time.sleep(max(0.0, _dummy_verify_s() - (time.perf_counter() - started)))
         return user if ok else None
 
     @classmethod
