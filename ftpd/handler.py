@@ -12,6 +12,7 @@ turned into an error response here and only here; a bug becomes a logged traceba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -57,6 +58,9 @@ class FTPHandler(socketserver.BaseRequestHandler):
         self.sock: socket.socket = self.request
         self.ip = str(self.client_address[0]) if self.client_address else "-"
         self.sock.settimeout(self.server.config.idle_timeout)
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Each answer is one write (or a header, then sendfile): never wait for an ACK.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = streams.SocketReader(self.sock)
         self.user: str | None = None
         self.jail: Jail | None = None
@@ -107,6 +111,9 @@ class FTPHandler(socketserver.BaseRequestHandler):
             finally:
                 self.busy = False
             if self.server.stopping:
+                if not self.closing:
+                    self.closing = True
+                    self.farewell("the server is shutting down")
                 break
 
     def _start_tls(self) -> None:
@@ -212,6 +219,16 @@ class FTPHandler(socketserver.BaseRequestHandler):
 
     def send(self, response: Response, body: bytes = b"") -> None:
         self.sock.sendall(protocol.encode(response) + body if body else protocol.encode(response))
+
+    def farewell(self, reason: str) -> None:
+        """Tell an idle session why it is being closed (called from another thread).
+
+        One non-blocking send of a small frame: it never waits on a client that does not
+        read, and an idle session's thread is not writing at the same time.
+        """
+        frame = protocol.encode(protocol.error_response(UnavailableError(reason)))
+        with contextlib.suppress(OSError, ValueError):  # ValueError: TLS sockets take no flags
+            self.sock.send(frame, socket.MSG_DONTWAIT)
 
     def _send_quietly(self, response: Response) -> None:
         try:

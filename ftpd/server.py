@@ -189,6 +189,9 @@ class FTPServer(socketserver.ThreadingTCPServer):
         with self._lock:
             targets = [h for h in self._handlers if all_sessions or not h.busy]
         for handler in targets:
+            if not handler.closing and not handler.busy:
+                handler.closing = True
+                handler.farewell("the server is shutting down")
             handler.closing = True
             with contextlib.suppress(OSError):
                 handler.sock.shutdown(socket.SHUT_RDWR)

@@ -113,13 +113,14 @@ def hash_file(fobj: BinaryIO, size: int | None = None, digest: str = "md5", chun
 class SocketReader:
     """A buffered reader over anything with ``recv_into`` (a socket), with deadlines.
 
-    Small reads (frame headers) come from one buffer; large ``readinto`` calls go straight
+    Small reads (frame headers) come from one small buffer (16 KiB: most of an idle
+    session's memory, and headers are usually far smaller); large ``readinto`` calls go straight
     to ``recv_into`` on the caller's buffer, so a body is copied once.  While ``deadline``
     (a ``time.monotonic`` value) is set, every wait is cut to the time left, so a client
     that drips a header one byte at a time still times out (slowloris).
     """
 
-    def __init__(self, sock: Any, bufsize: int = 1 << 16) -> None:
+    def __init__(self, sock: Any, bufsize: int = 16 * 1024) -> None:
         self.sock = sock
         self._buf = bytearray(bufsize)
         self._view = memoryview(self._buf)
