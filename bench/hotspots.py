@@ -1,0 +1,97 @@
+"""Where the CPU goes: one benchmark phase against a daemon whose sessions run under cProfile.
+
+Its one job: rerun a phase of ``bench/run.py`` (small puts, ls, or one big put + get)
+against a separate daemon process whose session threads each run under a CPU-time
+``cProfile`` (``time.thread_time``, so waiting on a socket costs nothing), profile the
+client side the same way, and print both.  Profiling slows everything several-fold: use
+it for proportions, never for figures.  It must never change ftpd/ code.
+
+    python bench/hotspots.py small|ls|big [--quick] [--fsync|--no-fsync] [--top N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import pstats
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import run  # bench/run.py: the daemon wrapper and the phases themselves
+
+
+def serve(out_path: str, config_path: str) -> int:
+    """Like ``ftpd serve``, but every session thread runs under its own CPU-time profile."""
+    from ftpd import config as config_mod
+    from ftpd.handler import FTPHandler
+    from ftpd.logs import setup_logging
+    from ftpd.server import FTPServer
+    from ftpd.users import UserStore
+
+    profiles: list[cProfile.Profile] = []
+
+    class ProfiledHandler(FTPHandler):
+        def handle(self) -> None:
+            profile = cProfile.Profile(time.thread_time)
+            profiles.append(profile)
+            profile.runcall(super().handle)
+
+    cfg = config_mod.load(Path(config_path))
+    setup_logging(cfg.log_dir, cfg.log_level, cfg.log_max_bytes, cfg.log_backup_count)
+    server = FTPServer(cfg, UserStore.load(cfg.users_file), handler=ProfiledHandler)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
+    loop.start()
+    logging.getLogger("ftpd").info("LISTENING host=%s port=%d (profiled)", *server.server_address[:2])
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    server.drain(10)
+    loop.join()
+    pstats.Stats(*profiles).dump_stats(out_path)
+    return 0
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--serve"]:  # the daemon side: --serve OUT --config FILE
+        return serve(sys.argv[2], sys.argv[4])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("phase", choices=["small", "ls", "big"])
+    ap.add_argument("--quick", action="store_true", help="64 MiB and 200 ops")
+    ap.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--top", type=int, default=25, help="rows per listing")
+    args = ap.parse_args()
+    sizes = run.parse_args(["--quick"] if args.quick else [])
+    with tempfile.TemporaryDirectory(prefix="ftpd-hotspots-") as name:
+        tmp = Path(name)
+        out = tmp / "daemon.prof"
+        d = run.Daemon(tmp / "srv", args.fsync, serve=[sys.executable, __file__, "--serve", str(out)]).start()
+        client = cProfile.Profile(time.thread_time)
+        try:
+            if args.phase == "big":
+                src = tmp / "source.bin"
+                result: Any = client.runcall(run.big_transfer, d, tmp, src, run.make_source(src, sizes.size), "md5")
+            else:
+                phase = run.small_puts if args.phase == "small" else run.ls_round_trips
+                result = client.runcall(phase, d, tmp, sizes.count)
+        finally:
+            d.stop()
+        print(f"{args.phase}, fsync {'on' if args.fsync else 'off'} (slowed by profiling):")
+        print("  " + ", ".join(f"{k}={v:.0f}" for k, v in result.items() if isinstance(v, float)))
+        for side, stats in (("daemon sessions", pstats.Stats(str(out))), ("client", pstats.Stats(client))):
+            print(f"\n=== {side}: CPU seconds, by own time")
+            stats.sort_stats("tottime").print_stats(args.top)
+            print(f"=== {side}: CPU seconds, cumulative, ftpd/ and ftp_client/ only")
+            stats.sort_stats("cumulative").print_stats(r"ftpd/|ftp_client/", args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
