@@ -202,9 +202,17 @@ class FTPHandler(socketserver.BaseRequestHandler):
         if account is None or account.disabled:
             raise UnavailableError("your account was removed or disabled")
 
-    def respond(self, response: Response, body: bytes = b"") -> None:
-        """Send a response (and a small body) for the command being dispatched, and log it."""
+    def respond(self, response: Response, body: bytes = b"", log: bool = True) -> None:
+        """Send a response (and a small body) for the command being dispatched, and log it.
+
+        ``log=False`` when the command logs itself after a body that follows (``get``).
+        """
         self.send(response, body)
+        if log:
+            self.log_command(response)
+
+    def log_command(self, response: Response, note: str = "") -> None:
+        """The one log line of a command: who, what, the result, the time, and ``note``."""
         ms = (time.perf_counter() - self._started) * 1000
         request = self._request
         name = request.cmd if request else self._header.get("cmd")
@@ -213,8 +221,9 @@ class FTPHandler(socketserver.BaseRequestHandler):
         logger.log(
             # A server fault is an ERROR; a client's bad command (501) or a full disk is not.
             logging.ERROR if response.error in ("internal_error", "os_error") else logging.INFO,
-            "CMD ip=%s user=%s %s %s -> %d %s (%.1f ms)",
+            "CMD ip=%s user=%s %s %s -> %d %s (%.1f ms)%s",
             self.ip, self.user, clean(name, 40), shown, response.code, response.error or "ok", ms,
+            note and " " + note,
         )
 
     def send(self, response: Response, body: bytes = b"") -> None:
@@ -290,27 +299,26 @@ class FTPHandler(socketserver.BaseRequestHandler):
 
     # --- commands: browsing -----------------------------------------------------------
 
-    def cmd_ls(self, request: Request) -> Response | None:
+    def cmd_ls(self, request: Request) -> None:
         vpath = request.args.get("path", "")
         real = self._jail.existing(vpath)
         show_all = request.args.get("all", False)
         if real.is_dir():
-            with os.scandir(real) as it:
-                names = sorted(e.name for e in it)
             at_root = real == self._jail.root
-            names = [
-                n for n in names
-                if not (at_root and n == RESERVED)
-                and not n.startswith(PARTIAL_PREFIX)
-                and (show_all or not n.startswith("."))
-            ]
-            entries = [_describe(real / n, n, self._jail) for n in names]
+            with os.scandir(real) as it:
+                found = [
+                    e for e in it
+                    if not (at_root and e.name == RESERVED)
+                    and not e.name.startswith(PARTIAL_PREFIX)
+                    and (show_all or not e.name.startswith("."))
+                ]
+            found.sort(key=lambda e: e.name)
+            lines = [_entry_line(e.path, e.name, self._jail) for e in found]
         else:
-            entries = [_describe(real, real.name, self._jail)]
-        body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8")
-        data = {"path": str(self._jail.normalize(vpath)), "count": len(entries)}
-        self.respond(Response(True, OK, f"{len(entries)} entries", data=data, body=len(body)), body)
-        return None
+            lines = [_entry_line(str(real), real.name, self._jail)]
+        body = "".join(lines).encode("utf-8")
+        data = {"path": str(self._jail.normalize(vpath)), "count": len(lines)}
+        self.respond(Response(True, OK, f"{len(lines)} entries", data=data, body=len(body)), body)
 
     def cmd_stat(self, request: Request) -> Response:
         real = self._jail.existing(request.args["path"])
@@ -375,7 +383,7 @@ class FTPHandler(socketserver.BaseRequestHandler):
 
     # --- commands: transfers (the mechanics are in ftpd.transfer) ---------------------
 
-    def cmd_put(self, request: Request) -> Response:
+    def cmd_put(self, request: Request) -> None:
         return receive_upload(self, request)
 
     def cmd_get(self, request: Request) -> None:
@@ -406,7 +414,15 @@ def _display_name(name: str) -> tuple[str, bool]:
         return os.fsencode(name).decode("utf-8", "backslashreplace"), True
 
 
-def _describe(real: Path, name: str, jail: Jail) -> dict[str, Any]:
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _entry_line(real: str, name: str, jail: Jail) -> str:
+    """One ``ls`` body line (JSON and a newline)."""
+    return _ENCODE(_describe(real, name, jail)) + "\n"
+
+
+def _describe(real: str | Path, name: str, jail: Jail) -> dict[str, Any]:
     """One listing entry.  A symlink is shown as its target only if that stays inside."""
     shown, undecodable = _display_name(name)
     entry: dict[str, Any] = {"name": shown}
@@ -424,6 +440,7 @@ def _describe(real: Path, name: str, jail: Jail) -> dict[str, Any]:
     except OSError:
         entry.update(type="unknown", size=0, mtime=0)
         return entry
-    kind = "dir" if stat_mod.S_ISDIR(st.st_mode) else "file" if stat_mod.S_ISREG(st.st_mode) else "other"
+    mode = st.st_mode
+    kind = "dir" if stat_mod.S_ISDIR(mode) else "file" if stat_mod.S_ISREG(mode) else "other"
     entry.update(type=kind, size=st.st_size if kind == "file" else 0, mtime=st.st_mtime)
     return entry

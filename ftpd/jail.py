@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import posixpath
-import unicodedata
+import re
+import stat as stat_mod
 from pathlib import Path, PurePosixPath
 
 from ftpd.errors import InvalidPathError, NotFoundError, PathEscapeError, PermissionDeniedError
@@ -26,19 +27,31 @@ MAX_VPATH = 4096
 MAX_NAME = 255
 
 
+# Cc (C0, DEL, C1), Cs (lone surrogates) and the backslash, in one pass.
+_BAD_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\\\\\ud800-\udfff]")
+
+
 def check_text(vpath: str) -> None:
-    """Refuse NUL, control characters, non-characters and over-long names."""
+    """Refuse NUL, control characters, lone surrogates, backslashes and over-long names."""
     if len(vpath) > MAX_VPATH:
         raise InvalidPathError("path too long")
-    for ch in vpath:
-        if ch == "\x00" or unicodedata.category(ch) in ("Cc", "Cs"):
-            raise InvalidPathError("path contains a control character or NUL")
-    if "\\" in vpath:
-        # Not a separator on POSIX, but a trap for Windows clients and for logs.
-        raise InvalidPathError("path contains a backslash")
-    for name in vpath.split("/"):
-        if len(name.encode("utf-8")) > MAX_NAME:
-            raise InvalidPathError("file name too long")
+    bad = _BAD_TEXT.search(vpath)
+    if bad:
+        if bad.group() == "\\":
+            # Not a separator on POSIX, but a trap for Windows clients and for logs.
+            raise InvalidPathError("path contains a backslash")
+        raise InvalidPathError("path contains a control character or NUL")
+    if len(vpath) > MAX_NAME // 4:  # shorter text cannot hold a name over 255 bytes
+        for name in vpath.split("/"):
+            if len(name.encode("utf-8")) > MAX_NAME:
+                raise InvalidPathError("file name too long")
+
+
+def _is_reserved(parts: list[str] | tuple[str, ...]) -> bool:
+    """``/.ftpd`` at the top of a home, or a ``.ftpd-part.*`` name anywhere."""
+    return bool(parts) and (
+        parts[0] == RESERVED or any(p.startswith(PARTIAL_PREFIX) for p in parts)
+    )
 
 
 class Jail:
@@ -46,6 +59,8 @@ class Jail:
 
     def __init__(self, root: Path, cwd: str = "/") -> None:
         self.root = Path(os.path.realpath(root))
+        self._root = str(self.root)
+        self._root_slash = self._root.rstrip("/") + "/"
         self.cwd = PurePosixPath("/")
         self.cwd = self.normalize(cwd)
 
@@ -62,7 +77,7 @@ class Jail:
                     parts.pop()
                 continue
             parts.append(part)
-        if (parts and parts[0] == RESERVED) or any(p.startswith(PARTIAL_PREFIX) for p in parts):
+        if _is_reserved(parts):
             raise PathEscapeError("that name is reserved for the server's partial files")
         return PurePosixPath("/", *parts)
 
@@ -76,15 +91,29 @@ class Jail:
             PathEscapeError: the resolved path leaves the home.
         """
         virtual = self.normalize(vpath)
-        real = Path(os.path.realpath(self.root.joinpath(*virtual.parts[1:])))
-        if not real.is_relative_to(self.root):
+        real = self._walk(virtual.parts[1:])
+        if real != self._root and not real.startswith(self._root_slash):
             raise PathEscapeError(f"{virtual}: outside your home")
-        rel = real.relative_to(self.root)
-        if (rel.parts and rel.parts[0] == RESERVED) or any(
-            p.startswith(PARTIAL_PREFIX) for p in rel.parts
-        ):
+        rel = real[len(self._root_slash) :]
+        if ".ftpd" in rel and _is_reserved(rel.split("/")):
             raise PathEscapeError(f"{virtual}: reserved")
-        return real
+        return Path(real)
+
+    def _walk(self, parts: tuple[str, ...]) -> str:
+        """``realpath`` below the (already real) root: one ``lstat`` per component.
+
+        Same result as ``os.path.realpath(root/parts)`` without re-resolving the root's
+        own ancestors on every call; a link is handed to ``realpath`` whole.
+        """
+        current = self._root
+        for i, part in enumerate(parts):
+            candidate = current + "/" + part
+            try:
+                mode = os.lstat(candidate).st_mode
+            except OSError:  # missing (or unreadable): the rest is lexical, as realpath does
+                return "/".join((candidate, *parts[i + 1 :]))
+            current = os.path.realpath(candidate) if stat_mod.S_ISLNK(mode) else candidate
+        return current
 
     def resolve_entry(self, vpath: str) -> Path:
         """The real path of the directory entry itself: a final symlink is not followed.

@@ -32,33 +32,51 @@ _cache: OrderedDict[tuple[int, int, str], tuple[int, int, str]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def partial_dir(root: Path) -> Path:
+_partial_dirs: dict[Path, int] = {}  # home root -> st_dev of its partial folder
+_partial_dirs_lock = threading.Lock()
+
+
+def partial_dir(root: Path) -> tuple[Path, int]:
+    """The home's partial folder (made once) and the device it lives on."""
     path = root / PARTIAL_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    dev = _partial_dirs.get(root)
+    if dev is None:  # made once per home (partial_for re-makes it if it was removed)
+        path.mkdir(parents=True, exist_ok=True)
+        dev = os.stat(path).st_dev
+        with _partial_dirs_lock:
+            _partial_dirs[root] = dev
+    return path, dev
 
 
-def partial_for(root: Path, target: Path, size: int) -> tuple[Path, int]:
-    """The partial for uploading ``size`` bytes to ``target``, and bytes freed by cleanup.
+def partial_for(root: Path, target: Path, size: int, target_dev: int) -> tuple[Path, int, int]:
+    """The partial for ``size`` bytes to ``target``: (path, its current size, bytes freed).
 
-    Partials of the same target with another declared size belong to another source and
-    are removed here.  A target on another file system than the home (a mount inside it)
-    gets its partial beside it, named ``.ftpd-part.*``, so the final rename stays atomic.
+    ``target_dev`` is the device of the target's folder.  Partials of the same target
+    with another declared size belong to another source and are removed here.  A target
+    on another file system than the home (a mount inside it) gets its partial beside it,
+    named ``.ftpd-part.*``, so the final rename stays atomic.
     """
-    folder = partial_dir(root)
-    if os.stat(target.parent).st_dev == os.stat(folder).st_dev:
+    folder, dev = partial_dir(root)
+    if target_dev == dev:
         key = hashlib.sha256(os.fsencode(target.relative_to(root))).hexdigest()[:40]
         prefix = key + "."
     else:
         folder = target.parent
         prefix = PARTIAL_PREFIX + hashlib.sha256(os.fsencode(target.name)).hexdigest()[:40] + "."
     mine = folder / f"{prefix}{size}"
-    freed = 0
-    with os.scandir(folder) as entries:
+    freed = have = 0
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:  # the partial folder was removed behind our back
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = os.scandir(folder)
+    with entries:
         for entry in entries:
-            if entry.name.startswith(prefix) and entry.name != mine.name:
+            if entry.name == mine.name:
+                have = entry.stat(follow_symlinks=False).st_size
+            elif entry.name.startswith(prefix):
                 freed += _unlink(Path(entry.path))
-    return mine, freed
+    return mine, have, freed
 
 
 def _unlink(path: Path) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat as stat_mod
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,7 +59,7 @@ class _Sink:
             self.error = exc
 
 
-def receive_upload(h: "FTPHandler", request: Request) -> Response:
+def receive_upload(h: "FTPHandler", request: Request) -> None:
     args = request.args
     jail = h._jail
     shown = str(jail.normalize(args["path"]))
@@ -68,21 +69,29 @@ def receive_upload(h: "FTPHandler", request: Request) -> Response:
     if inline and (request.body != size or not protocol.is_hex_digest(args.get("checksum"))):
         raise BadRequestError("an inline put needs body == size and a hex 'checksum'")
     target = jail.resolve(args["path"])
-    if target.is_dir():
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat_mod.S_ISDIR(st.st_mode):
         raise ConflictError(f"{shown}: is a directory")
-    if not target.parent.is_dir():
-        raise NotFoundError(f"{jail.to_virtual(target.parent)}: no such directory")
+    if st is None:  # a new file: its folder must exist
+        try:
+            st = os.stat(target.parent)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat_mod.S_ISDIR(st.st_mode):
+            raise NotFoundError(f"{jail.to_virtual(target.parent)}: no such directory")
     with h.server.claim(target, h):  # one upload per target: partials are never shared
-        return _receive(h, request, target, shown)
+        return _receive(h, request, target, shown, st.st_dev)
 
 
-def _receive(h: "FTPHandler", request: Request, target: Path, shown: str) -> Response:
+def _receive(h: "FTPHandler", request: Request, target: Path, shown: str, dev: int) -> None:
     args, inline = request.args, request.body is not None
     size, digest = args["size"], args.get("digest", protocol.DEFAULT_DIGEST)
     ledger = h.server.ledger(h.user or "")
-    partial, freed = store.partial_for(h._jail.root, target, size)
-    offset = partial.stat().st_size if partial.exists() else 0
-    if inline or not args.get("resume", True) or offset > size:
+    partial, offset, freed = store.partial_for(h._jail.root, target, size, dev)
+    if offset and (inline or not args.get("resume", True) or offset > size):
         freed += store.discard(partial)
         offset = 0
     ledger.adjust(-freed)
@@ -101,13 +110,12 @@ def _receive(h: "FTPHandler", request: Request, target: Path, shown: str) -> Res
     finally:
         upload.reservation.close(upload.delta)
     elapsed = max(time.monotonic() - upload.started, 1e-9)
-    logger.info(
-        "PUT user=%s path=%s size=%d from=%d %s=%s %.1f MB/s",
-        h.user, clean(shown), size, upload.offset, digest, actual,
-        (size - upload.offset) / elapsed / 1e6,
-    )
+    note = f"PUT size={size} from={upload.offset} {(size - upload.offset) / elapsed / 1e6:.1f} MB/s"
     data = {"path": shown, "size": size, "offset": upload.offset, "checksum": actual, "digest": digest}
-    return Response(True, OK, f"stored {shown}", data=data)
+    response = Response(True, OK, f"stored {shown}", data=data)
+    h.send(response)  # answer first, then log: the client does not wait for the log line
+    h.log_command(response, note)
+    return None
 
 
 class _Upload:
@@ -189,7 +197,7 @@ def _old_size(path: os.PathLike) -> int:
         st = os.stat(path)
     except FileNotFoundError:
         return 0
-    return st.st_size if os.path.isfile(path) else 0
+    return st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
 
 
 def send_download(h: "FTPHandler", request: Request) -> None:
@@ -215,7 +223,8 @@ def send_download(h: "FTPHandler", request: Request) -> None:
                 offset = 0  # not the same source: send it all, never splice
             count = size - offset
             data = {"size": size, "offset": offset, "checksum": checksum, "digest": digest}
-            h.respond(Response(True, OK, f"sending {shown}", data=data, body=count))
+            response = Response(True, OK, f"sending {shown}", data=data, body=count)
+            h.respond(response, log=False)
             started = time.monotonic()
             sent = h.sock.sendfile(f, offset, count) if count else 0
     if sent != count:
@@ -224,6 +233,4 @@ def send_download(h: "FTPHandler", request: Request) -> None:
         logger.warning("GET user=%s path=%s short by %d bytes; closing", h.user, clean(shown), count - sent)
         return
     elapsed = max(time.monotonic() - started, 1e-9)
-    logger.info(
-        "GET user=%s path=%s size=%d from=%d %.1f MB/s", h.user, clean(shown), size, offset, count / elapsed / 1e6
-    )
+    h.log_command(response, f"GET size={size} from={offset} {count / elapsed / 1e6:.1f} MB/s")

@@ -179,7 +179,9 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def log_from(daemon: DaemonProcess, verb: str, path: str, size: int) -> int:
-    line = daemon.wait_for_line(rf"{verb} user=bob path={re.escape(path)} size={size} from=\d+")
+    # The command's one log line: "CMD ... user=bob put path=P ... -> 200 ok (...) PUT size=N from=K"
+    pattern = rf"user=bob {verb.lower()} path={re.escape(path.lstrip('/'))} .* {verb} size={size} from=\d+"
+    line = daemon.wait_for_line(pattern)
     return int(re.search(r"from=(\d+)", line).group(1))  # type: ignore[union-attr]
 
 
@@ -246,7 +248,7 @@ def test_resume_get_after_client_sigkill(
     assert f"resuming download of big.bin at byte {kept}" in err
     assert (workdir / "big.bin").read_bytes() == data
     assert sorted(p.name for p in workdir.iterdir()) == ["big.bin"]
-    lines = [line for line in daemon.lines if re.search(r"GET user=bob path=/big\.bin ", line)]
+    lines = [line for line in daemon.lines if re.search(r"user=bob get path=big\.bin .* GET size=", line)]
     assert [int(re.search(r"from=(\d+)", x).group(1)) for x in lines][-1] == kept  # type: ignore[union-attr]
 
 
@@ -332,7 +334,7 @@ def test_resume_put_after_connection_cut_sends_only_the_rest(
     notices: list[str] = []
     conn = server.login("alice")
 
-    with caplog.at_level(logging.INFO, logger="ftpd.transfer"):
+    with caplog.at_level(logging.INFO, logger="ftpd.handler"):
         result = transfer.put_file(conn, src, "f.bin", notice=notices.append)
 
     assert result.offset == 3 * MiB and not result.restarted
