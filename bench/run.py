@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from passlib.hash import bcrypt
 
 from ftp_client.connection import Connection
-from ftp_client.transfer import get_file, put_file
+from ftp_client.transfer import get_file, put_file, put_many
 from rawops import raw_limits, raw_round_trips, raw_small_files, settle  # bench/ is sys.path[0]
 
 MiB, MB = 1 << 20, 10**6
@@ -191,13 +191,18 @@ def per_op(d: Daemon, count: int, loop: Callable[[], object]) -> dict[str, float
             "client_cpu_us": (time.process_time() - c0) * us}
 
 
-def small_puts(d: Daemon, tmp: Path, count: int) -> dict[str, float]:
-    """``count`` puts of 4 KiB (inline, one round trip each) in one session."""
+def small_puts(d: Daemon, tmp: Path, count: int, pipelined: bool = False) -> dict[str, float]:
+    """``count`` puts of 4 KiB in one session: one round trip each, or pipelined as
+    ``put -r`` sends them (``put_many``: up to 32 in flight)."""
     src = tmp / "small.bin"
     src.write_bytes(os.urandom(4096))
+    folder = "/piped" if pipelined else "/small"
     with d.login() as conn:
-        conn.call("mkdir", path="/small", parents=True)
-        return per_op(d, count, lambda: [put_file(conn, src, f"/small/f{i:05d}") for i in range(count)])
+        conn.call("mkdir", path=folder, parents=True)
+        if pipelined:
+            pairs = [(src, f"{folder}/f{i:05d}") for i in range(count)]
+            return per_op(d, count, lambda: put_many(conn, pairs))
+        return per_op(d, count, lambda: [put_file(conn, src, f"{folder}/f{i:05d}") for i in range(count)])
 
 
 def ls_round_trips(d: Daemon, tmp: Path, count: int) -> dict[str, float]:
@@ -307,6 +312,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         src.unlink()
         print(f"{count} small puts, {count} ls, burst of {BURST_CLIENTS} ...", flush=True)
         res["small_puts"] = {fsyncs[0]: small_puts(d, tmp, count)}
+        res["small_puts_piped"] = {fsyncs[0]: small_puts(d, tmp, count, pipelined=True)}
         res["ls"] = ls_round_trips(d, tmp, count)
         res["burst"] = burst(d, tmp)
         res["after_threads"] = d.status("Threads")
@@ -316,6 +322,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         other = Daemon(tmp / f"srv-fsync-{fsync}", fsync).start()
         try:
             res["small_puts"][fsync] = small_puts(other, tmp, count)
+            res["small_puts_piped"][fsync] = small_puts(other, tmp, count, pipelined=True)
         finally:
             other.stop()
     res["machine"]["loadavg_after"] = loadavg()
@@ -342,6 +349,11 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     for fsync, op in res["small_puts"].items():
         key = "small_files_fsync_per_s" if fsync else "small_files_per_s"
         out.append((f"{res['count']} puts x 4 KiB, fsync {'on' if fsync else 'off'}",
+                    f"{op['per_s']:4.0f} files/s (raw file loop {raw[key]:.0f})",
+                    f">= {SMALL_TARGET} files/s", op["per_s"] >= SMALL_TARGET))
+    for fsync, op in res.get("small_puts_piped", {}).items():
+        key = "small_files_fsync_per_s" if fsync else "small_files_per_s"
+        out.append((f"  the same pipelined (put -r), fsync {'on' if fsync else 'off'}",
                     f"{op['per_s']:4.0f} files/s (raw file loop {raw[key]:.0f})",
                     f">= {SMALL_TARGET} files/s", op["per_s"] >= SMALL_TARGET))
     ls = res["ls"]
@@ -404,7 +416,8 @@ def main() -> int:
         res = run(args, Path(tmp))
     report(res)
     if args.out:
-        res["small_puts"] = {f"fsync_{'on' if k else 'off'}": v for k, v in res["small_puts"].items()}
+        for key in ("small_puts", "small_puts_piped"):
+            res[key] = {f"fsync_{'on' if k else 'off'}": v for k, v in res[key].items()}
         args.out.write_text(json.dumps(res, indent=2) + "\n", "utf-8")
         print(f"wrote {args.out}")
     return 1 if any(r["pass"] is False for r in res["rows"]) else 0

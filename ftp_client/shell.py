@@ -269,10 +269,8 @@ class Shell(cmd.Cmd):
         self.conn.call("mkdir", path=remote, parents=True)
         for d in dirs:
             self.conn.call("mkdir", path=posixpath.join(remote, d.relative_to(local).as_posix()), parents=True)
-        for i, f in enumerate(files, 1):
-            target = posixpath.join(remote, f.relative_to(local).as_posix())
-            self.notice(f"[{i}/{len(files)}] {target}")
-            transfer.put_file(self.conn, f, target, self.progress, self.notice)
+        pairs = [(f, posixpath.join(remote, f.relative_to(local).as_posix())) for f in files]
+        transfer.put_many(self.conn, pairs, self.progress, self.notice)
         self.say(f"put {len(files)} files, {len(dirs) + 1} directories to {remote}")
 
     def do_get(self, line: str) -> None:

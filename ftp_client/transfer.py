@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ftpd import errors, protocol, streams
-from ftpd.protocol import Data, End
+from ftpd.protocol import Data, End, Request
 from ftp_client.connection import Connection
 
 #: Files up to this size go in one frame with their digest (no resume needed).
@@ -77,27 +77,89 @@ def put_file(
     ``digest`` is the protocol's per-transfer digest (md5 unless negotiated otherwise).
     """
     with open(local, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat_mod.S_ISREG(st.st_mode):
-            raise errors.BadRequestError(f"{local}: not a regular file")
-        size = st.st_size
+        size = _regular_size(f, local)
         if size <= INLINE_MAX:
-            data = f.read(size + 1)
-            if len(data) != size:
-                raise errors.ConflictError(f"{local}: changed while being read")
-            hasher = streams.new_hasher(digest)
-            hasher.update(data)
-            checksum = hasher.hexdigest()
             bar = progress(remote, size, 0)
             try:
-                response = conn.call(
-                    "put", body=data, path=remote, size=size, checksum=checksum, digest=_arg(digest)
-                )
+                _send_inline(conn, f, size, local, remote, digest)
+                response = conn.read_response()
                 bar.update(size)
             finally:
                 bar.close()
-            return Result(remote, size, 0, response.data.get("checksum", checksum))
+            return Result(remote, size, 0, response.data["checksum"])
         return _put_stream(conn, f, size, remote, progress, notice, digest)
+
+
+def put_many(
+    conn: Connection,
+    pairs: list[tuple[Path, str]],
+    progress: ProgressFactory = no_progress,
+    notice: Callable[[str], None] = lambda _m: None,
+    window: int = 32,
+) -> list[Result]:
+    """Upload many files, keeping up to ``window`` small (inline) puts in flight.
+
+    The daemon answers in order, so small files are sent without waiting for each
+    answer (pipelining): client and daemon work at the same time instead of in turn.
+    Large files go one at a time through ``put_file`` (resumable).  Stops at the first
+    failure, after collecting the answers already in flight, and raises it.
+    """
+    results: list[Result] = []
+    in_flight: list[tuple[str, int]] = []
+    failure: errors.FTPError | None = None
+
+    def collect(keep: int) -> None:
+        nonlocal failure
+        while len(in_flight) > keep:
+            remote, size = in_flight.pop(0)
+            try:
+                response = conn.read_response()
+            except errors.FTPError as exc:
+                if exc.fatal or isinstance(exc, streams.ConnectionClosed):
+                    raise
+                failure = failure or exc
+                continue
+            results.append(Result(remote, size, 0, response.data["checksum"]))
+            notice(f"[{len(results)}/{len(pairs)}] {remote}")
+
+    for local, remote in pairs:
+        if failure is not None:
+            break
+        with open(local, "rb") as f:
+            size = _regular_size(f, local)
+            if size > INLINE_MAX:
+                collect(0)
+                if failure is None:
+                    results.append(put_file(conn, local, remote, progress, notice))
+                    notice(f"[{len(results)}/{len(pairs)}] {remote}")
+                continue
+            _send_inline(conn, f, size, local, remote, protocol.DEFAULT_DIGEST)
+        in_flight.append((remote, size))
+        collect(window - 1)
+    collect(0)
+    if failure is not None:
+        raise failure
+    return results
+
+
+def _regular_size(f: Any, local: Path) -> int:
+    st = os.fstat(f.fileno())
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise errors.BadRequestError(f"{local}: not a regular file")
+    return st.st_size
+
+
+def _send_inline(conn: Connection, f: Any, size: int, local: Path, remote: str, digest: str) -> None:
+    """One frame holding the whole (small) file and its digest; the answer is read later."""
+    data = f.read(size + 1)
+    if len(data) != size:
+        raise errors.ConflictError(f"{local}: changed while being read")
+    hasher = streams.new_hasher(digest)
+    hasher.update(data)
+    args = {"path": remote, "size": size, "checksum": hasher.hexdigest()}
+    if digest != protocol.DEFAULT_DIGEST:
+        args["digest"] = digest
+    conn.send(Request("put", args, size), data)
 
 
 def _arg(digest: str) -> str | None:
