@@ -56,7 +56,9 @@ class QuotaLedger:
     def usage(self, rescan: bool = False) -> tuple[int, int]:
         """(used, reserved) bytes; ``rescan`` re-counts the real bytes on disk first."""
         with self._lock:
-            if rescan:
+            # A recount while an upload is open would see its partial's bytes, which the
+            # upload adds again when it closes: recount only when nothing is reserved.
+            if rescan and not self._reserved:
                 self._used = None
             return self._ensure(), self._reserved
 

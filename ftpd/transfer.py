@@ -14,9 +14,11 @@ This module must never let a byte land under a real name before its digest match
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import posixpath
 import stat as stat_mod
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from ftpd.handler import FTPHandler
 
 logger = logging.getLogger(__name__)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 #: Receive buffer per upload: big enough for full speed, small enough for 100s of uploads.
 RECV_CHUNK = 256 * 1024
 
@@ -57,6 +60,9 @@ class _Sink:
                 view = view[n:]
         except OSError as exc:
             self.error = exc
+            if exc.errno in _DISK_FULL:  # give the space back now, not after the body
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, 0)
 
 
 def receive_upload(h: "FTPHandler", request: Request) -> None:
@@ -81,7 +87,7 @@ def receive_upload(h: "FTPHandler", request: Request) -> None:
         except FileNotFoundError:
             st = None
         if st is None or not stat_mod.S_ISDIR(st.st_mode):
-            raise NotFoundError(f"{jail.to_virtual(target.parent)}: no such directory")
+            raise NotFoundError(f"{posixpath.dirname(shown)}: no such directory")
     with h.server.claim(target, h):  # one upload per target: partials are never shared
         return _receive(h, request, target, shown, st.st_dev)
 
@@ -100,13 +106,13 @@ def _receive(h: "FTPHandler", request: Request, target: Path, shown: str, dev: i
     try:
         with h.server.transfer(), open(partial, "ab" if offset else "wb") as f:
             if inline:
-                h._pending_body = 0
                 checksum = upload.receive(f, size, args["checksum"])
             else:
                 checksum = upload.two_phase(f)
             actual = upload.verify(f, checksum, shown)
-        upload.delta -= _old_size(target)
+        old_size = _old_size(target)
         store.install(partial, target)
+        upload.delta -= old_size
     finally:
         upload.reservation.close(upload.delta)
     elapsed = max(time.monotonic() - upload.started, 1e-9)
@@ -130,6 +136,7 @@ class _Upload:
         self.started = time.monotonic()
 
     def receive(self, f, nbytes: int, checksum: str) -> str:  # type: ignore[no-untyped-def]
+        self.h._pending_body = 0  # from here on the body is ours to read
         self.sink = _Sink(f.fileno())
         try:
             streams.copy_exact(self.h.reader, self.sink, nbytes, self.hasher, chunk=RECV_CHUNK)
@@ -147,6 +154,7 @@ class _Upload:
             data["prefix_checksum"] = self.hasher.copy().hexdigest()
         self.h.send(Response(True, READY_FOR_DATA, f"send from byte {self.offset}", data=data))
         frame = protocol.to_data(_read_frame(self.h))
+        self.h._pending_body = frame.body  # drained by the dispatcher if anything fails first
         start = self.offset if frame.offset is None else frame.offset
         if start not in (0, self.offset):
             raise ProtocolError(f"a data frame may start at 0 or {self.offset}, not {start}")
@@ -166,8 +174,9 @@ class _Upload:
         if self.sink is not None and self.sink.error is not None:
             # Disk full: give the space back at once rather than hold a partial that
             # blocks every user of the disk; other write errors keep it resumable.
-            if self.sink.error.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.delta -= store.discard(self.partial)
+            if self.sink.error.errno in _DISK_FULL:  # already truncated by the sink
+                store.discard(self.partial)
+                self.delta -= self.offset + self.sink.written
             raise self.sink.error
         if self.h.server.config.fsync:
             os.fsync(f.fileno())

@@ -8,6 +8,7 @@ concurrent sessions of one user share one ledger; partials count; ``rm`` frees s
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from pathlib import Path
@@ -319,3 +320,25 @@ def test_quota_unlimited_user_has_no_limit(server: RunningServer, tmp_path: Path
     put_bytes(conn, tmp_path, "big.bin", payload(3 * LIMIT, seed=20))
     assert quota(conn) == {"used": 3 * LIMIT, "limit": None, "reserved": 0, "available": None}
     conn.quit()
+
+
+def test_quota_command_during_an_upload_does_not_count_it_twice(server, tmp_path):
+    """A recount while an upload is open would see its partial, which the upload adds again."""
+    from ftpd import protocol as proto
+
+    payload = os.urandom(600_000)
+    uploader = server.login("carol")  # 1 MiB quota
+    ready = uploader.call("put", path="a.bin", size=len(payload))
+    assert ready.code == proto.READY_FOR_DATA
+    uploader.send(proto.Data(len(payload), 0))
+    uploader.sock.sendall(payload)
+    other = server.login("carol")
+    assert other.call("quota").data["used"] <= len(payload)
+    uploader.send(proto.End(hashlib.md5(payload).hexdigest()))
+    assert uploader.read_response().code == 200
+    small = tmp_path / "b.bin"
+    small.write_bytes(b"y" * 300_000)
+    transfer.put_file(other, small, "b.bin")  # fits: 900,000 of 1 MiB
+    assert other.call("quota").data["used"] == 900_000
+    uploader.close()
+    other.close()
