@@ -293,9 +293,13 @@ class Shell(cmd.Cmd):
         base = remote.rstrip("/") or "/"
         for d in dirs:
             (local / posixpath.relpath(d, base)).mkdir(parents=True, exist_ok=True)
+        top = local.resolve()
         for i, (path, _size) in enumerate(files, 1):
+            target = local / posixpath.relpath(path, base)
+            if not target.resolve().is_relative_to(top):  # belt and braces after walk_remote
+                raise errors.PathEscapeError(f"{path}: would be written outside {local}")
             self.notice(f"[{i}/{len(files)}] {path}")
-            transfer.get_file(self.conn, path, local / posixpath.relpath(path, base), self.progress, self.notice)
+            transfer.get_file(self.conn, path, target, self.progress, self.notice)
         self.say(f"got {len(files)} files, {len(dirs) + 1} directories into {local}")
 
     def _report(self, verb: str, result: transfer.Result) -> None:

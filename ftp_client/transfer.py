@@ -122,21 +122,26 @@ def put_many(
             results.append(Result(remote, size, 0, response.data["checksum"]))
             notice(f"[{len(results)}/{len(pairs)}] {remote}")
 
-    for local, remote in pairs:
-        if failure is not None:
-            break
-        with open(local, "rb") as f:
-            size = _regular_size(f, local)
-            if size > INLINE_MAX:
-                collect(0)
-                if failure is None:
-                    results.append(put_file(conn, local, remote, progress, notice))
-                    notice(f"[{len(results)}/{len(pairs)}] {remote}")
-                continue
-            _send_inline(conn, f, size, local, remote, protocol.DEFAULT_DIGEST)
-        in_flight.append((remote, size))
-        collect(window - 1)
-    collect(0)
+    try:
+        for local, remote in pairs:
+            if failure is not None:
+                break
+            with open(local, "rb") as f:
+                size = _regular_size(f, local)
+                if size > INLINE_MAX:
+                    collect(0)
+                    if failure is None:
+                        results.append(put_file(conn, local, remote, progress, notice))
+                        notice(f"[{len(results)}/{len(pairs)}] {remote}")
+                    continue
+                _send_inline(conn, f, size, local, remote, protocol.DEFAULT_DIGEST)
+            in_flight.append((remote, size))
+            collect(window - 1)
+        collect(0)
+    except BaseException:
+        if in_flight:  # answers still unread: this connection is out of step for good
+            conn.close()
+        raise
     if failure is not None:
         raise failure
     return results
@@ -304,6 +309,15 @@ def walk_local(root: Path) -> tuple[list[Path], list[Path]]:
     return dirs, files
 
 
+def _safe_name(name: object) -> bool:
+    """One plain path component: not empty, not ``.``/``..``, no ``/``, NUL or backslash."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\x00")
+    )
+
+
 def walk_remote(conn: Connection, root: str) -> tuple[list[str], list[tuple[str, int]]]:
     """(directories, (file, size)) under remote ``root``, parents first."""
     dirs: list[str] = []
@@ -312,9 +326,10 @@ def walk_remote(conn: Connection, root: str) -> tuple[list[str], list[tuple[str,
     while stack:
         folder = stack.pop()
         for entry in conn.listdir(folder, show_all=True):
-            if entry.get("undecodable"):
-                continue
-            path = posixpath.join(folder, entry["name"])
+            name = entry.get("name")
+            if entry.get("undecodable") or not _safe_name(name):
+                continue  # a hostile server must not steer writes outside the target
+            path = posixpath.join(folder, name)
             if entry["type"] == "dir":
                 dirs.append(path)
                 stack.append(path)
