@@ -227,7 +227,13 @@ class FTPHandler(socketserver.BaseRequestHandler):
         )
 
     def send(self, response: Response, body: bytes = b"") -> None:
-        self.sock.sendall(protocol.encode(response) + body if body else protocol.encode(response))
+        try:
+            frame = protocol.encode(response)
+        except FTPError:  # e.g. text from an undecodable name on disk: never on the wire
+            logger.exception("BUG ip=%s user=%s: unencodable answer", self.ip, self.user)
+            self.closing = True
+            frame, body = protocol.encode(protocol.error_response(InternalError())), b""
+        self.sock.sendall(frame + body if body else frame)
 
     def farewell(self, reason: str) -> None:
         """Tell an idle session why it is being closed (called from another thread).
@@ -431,8 +437,8 @@ def _describe(real: str | Path, name: str, jail: Jail) -> dict[str, Any]:
     try:
         st = os.lstat(real)
         if stat_mod.S_ISLNK(st.st_mode):
-            target = Path(os.path.realpath(real))
-            if target.is_relative_to(jail.root) and target.exists():
+            target = os.path.realpath(real)
+            if jail.contains(target) and os.path.exists(target):
                 st = os.stat(target)
             else:
                 entry.update(type="link", size=0, mtime=st.st_mtime)

@@ -92,12 +92,19 @@ class Jail:
         """
         virtual = self.normalize(vpath)
         real = self._walk(virtual.parts[1:])
-        if real != self._root and not real.startswith(self._root_slash):
-            raise PathEscapeError(f"{virtual}: outside your home")
-        rel = real[len(self._root_slash) :]
-        if ".ftpd" in rel and _is_reserved(rel.split("/")):
-            raise PathEscapeError(f"{virtual}: reserved")
+        if not self.contains(real):
+            raise PathEscapeError(f"{virtual}: outside your home (or reserved)")
         return Path(real)
+
+    def contains(self, real: str | Path) -> bool:
+        """Whether a resolved real path is inside the home and not in its reserved area."""
+        real = str(real)
+        if real == self._root:
+            return True
+        if not real.startswith(self._root_slash):
+            return False
+        rel = real[len(self._root_slash) :]
+        return not (".ftpd" in rel and _is_reserved(rel.split("/")))
 
     def _walk(self, parts: tuple[str, ...]) -> str:
         """``realpath`` below the (already real) root: one ``lstat`` per component.

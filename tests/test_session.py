@@ -180,6 +180,16 @@ def test_session_ls_shows_symlink_out_as_link(client, project, tmp_path):
     assert (entries["in"]["type"], entries["in"]["size"]) == ("file", 7)
 
 
+def test_session_ls_shows_a_link_into_the_reserved_area_as_a_bare_link(client, project):
+    home = project.home("alice")
+    (home / ".ftpd" / "partial").mkdir(parents=True, exist_ok=True)
+    (home / "peek").symlink_to(home / ".ftpd" / "partial")
+    entries = {e["name"]: e for e in client.listdir()}
+    assert (entries["peek"]["type"], entries["peek"]["size"]) == ("link", 0)
+    with pytest.raises(errors.PathEscapeError):
+        client.listdir("peek")
+
+
 # --- mkdir --------------------------------------------------------------------------
 
 
