@@ -353,13 +353,24 @@ class FTPHandler(socketserver.BaseRequestHandler):
     def cmd_rm(self, request: Request) -> Response:
         vpath = request.args["path"]
         real = self._jail.resolve_entry(vpath)
-        st = os.lstat(real)
+        shown = self._jail.normalize(vpath)
+        ledger = self.server.ledger(self.user or "")
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            # No file, but maybe an interrupted upload to that name: rm gives it up.
+            count, freed = store.discard_partials(self._jail.root, real)
+            if not count:
+                raise
+            ledger.adjust(-freed)
+            return Response(True, OK, f"removed the interrupted upload of {shown}")
         if stat_mod.S_ISDIR(st.st_mode):
-            raise ConflictError(f"{self._jail.normalize(vpath)}: is a directory (use rmdir)")
+            raise ConflictError(f"{shown}: is a directory (use rmdir)")
         os.unlink(real)
-        if stat_mod.S_ISREG(st.st_mode):
-            self.server.ledger(self.user or "").adjust(-st.st_size)
-        return Response(True, OK, f"removed {self._jail.normalize(vpath)}")
+        freed = st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
+        freed += store.discard_partials(self._jail.root, real)[1]
+        ledger.adjust(-freed)
+        return Response(True, OK, f"removed {shown}")
 
     def cmd_rmdir(self, request: Request) -> Response:
         vpath = request.args["path"]

@@ -47,6 +47,7 @@ class QuotaLedger:
         self._lock = threading.Lock()
         self._used: int | None = None
         self._reserved = 0
+        self._version = 0  # bumped by every change, so a recount can tell it is stale
 
     def _ensure(self) -> int:
         if self._used is None:
@@ -54,12 +55,22 @@ class QuotaLedger:
         return self._used
 
     def usage(self, rescan: bool = False) -> tuple[int, int]:
-        """(used, reserved) bytes; ``rescan`` re-counts the real bytes on disk first."""
+        """(used, reserved) bytes; ``rescan`` re-counts the real bytes on disk first.
+
+        The walk runs outside the lock (a big home must not stall this user's uploads),
+        and its result is kept only if nothing changed meanwhile and no upload is open:
+        an open upload's partial is on disk, and the upload adds those bytes when it
+        closes, so a recount then would count them twice.
+        """
+        if rescan:
+            with self._lock:
+                version, busy = self._version, bool(self._reserved)
+            if not busy:
+                counted = scan_usage(self.root)
+                with self._lock:
+                    if self._version == version and not self._reserved:
+                        self._used = counted
         with self._lock:
-            # A recount while an upload is open would see its partial's bytes, which the
-            # upload adds again when it closes: recount only when nothing is reserved.
-            if rescan and not self._reserved:
-                self._used = None
             return self._ensure(), self._reserved
 
     def reserve(self, nbytes: int, limit: int | None) -> "Reservation":
@@ -80,17 +91,20 @@ class QuotaLedger:
                     used=used,
                 )
             self._reserved += nbytes
+            self._version += 1
         return Reservation(self, nbytes)
 
     def adjust(self, delta: int) -> None:
         """Record bytes the daemon added (+) or freed (-) on disk."""
         with self._lock:
+            self._version += 1
             if self._used is not None:
                 self._used = max(0, self._used + delta)
 
     def _release(self, nbytes: int, written: int) -> None:
         with self._lock:
             self._reserved -= nbytes
+            self._version += 1
             if self._used is not None:
                 self._used = max(0, self._used + written)
 

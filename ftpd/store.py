@@ -56,13 +56,8 @@ def partial_for(root: Path, target: Path, size: int, target_dev: int) -> tuple[P
     on another file system than the home (a mount inside it) gets its partial beside it,
     named ``.ftpd-part.*``, so the final rename stays atomic.
     """
-    folder, dev = partial_dir(root)
-    if target_dev == dev:
-        key = hashlib.sha256(os.fsencode(target.relative_to(root))).hexdigest()[:40]
-        prefix = key + "."
-    else:
-        folder = target.parent
-        prefix = PARTIAL_PREFIX + hashlib.sha256(os.fsencode(target.name)).hexdigest()[:40] + "."
+    (home_folder, home_prefix), beside = _partial_places(root, target)
+    folder, prefix = (home_folder, home_prefix) if target_dev == partial_dir(root)[1] else beside
     mine = folder / f"{prefix}{size}"
     freed = have = 0
     try:
@@ -77,6 +72,33 @@ def partial_for(root: Path, target: Path, size: int, target_dev: int) -> tuple[P
             elif entry.name.startswith(prefix):
                 freed += _unlink(Path(entry.path))
     return mine, have, freed
+
+
+def _partial_places(root: Path, target: Path) -> list[tuple[Path, str]]:
+    """Where ``target``'s partials live: (folder, name prefix) in the home's partial
+    folder, and beside the target (for a target on another file system)."""
+    key = hashlib.sha256(os.fsencode(target.relative_to(root))).hexdigest()[:40]
+    beside = PARTIAL_PREFIX + hashlib.sha256(os.fsencode(target.name)).hexdigest()[:40]
+    return [(partial_dir(root)[0], key + "."), (target.parent, beside + ".")]
+
+
+def discard_partials(root: Path, target: Path) -> tuple[int, int]:
+    """Remove every partial upload to ``target``: (how many, bytes freed).
+
+    This is how a user gives up an interrupted upload (``rm`` of its name): partials are
+    invisible, but they count against the quota.
+    """
+    count = freed = 0
+    for folder, prefix in _partial_places(root, target):
+        try:
+            with os.scandir(folder) as entries:
+                doomed = [Path(e.path) for e in entries if e.name.startswith(prefix)]
+        except OSError:
+            continue
+        for path in doomed:
+            freed += _unlink(path)
+            count += 1
+    return count, freed
 
 
 def _unlink(path: Path) -> int:

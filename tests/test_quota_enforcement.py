@@ -342,3 +342,22 @@ def test_quota_command_during_an_upload_does_not_count_it_twice(server, tmp_path
     assert other.call("quota").data["used"] == 900_000
     uploader.close()
     other.close()
+
+
+def test_quota_rm_of_an_interrupted_upload_gives_its_space_back(server, tmp_path):
+    """Partials are invisible but count: ``rm NAME`` is how a user abandons one."""
+    payload = os.urandom(600_000)
+    conn = server.login("carol")
+    assert conn.call("put", path="big.bin", size=len(payload)).code == READY_FOR_DATA
+    conn.send(Data(len(payload), 0))
+    conn.sock.sendall(payload[:400_000])
+    conn.close()  # cut mid-body: the partial stays, resumable, and counts
+    other = server.login("carol")
+    deadline = time.monotonic() + 10
+    while other.call("quota").data["used"] < 400_000:
+        assert time.monotonic() < deadline, "the partial never showed in the quota"
+    assert other.call("rm", path="big.bin").message == "removed the interrupted upload of /big.bin"
+    assert other.call("quota").data["used"] == 0
+    with pytest.raises(errors.NotFoundError):
+        other.call("rm", path="big.bin")
+    other.close()
