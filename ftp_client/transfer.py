@@ -173,7 +173,14 @@ def _arg(digest: str) -> str | None:
 
 
 def _put_stream(conn, f, size, remote, progress, notice, digest) -> Result:  # type: ignore[no-untyped-def]
-    ready = conn.call("put", path=remote, size=size, digest=_arg(digest))
+    # A resumed upload's 150 comes after the daemon re-hashed its partial (up to ``size``
+    # bytes): allow for that at a conservative 50 MB/s on top of the usual timeout.
+    timeout = conn.sock.gettimeout()
+    conn.sock.settimeout(None if timeout is None else timeout + size / 50e6)
+    try:
+        ready = conn.call("put", path=remote, size=size, digest=_arg(digest))
+    finally:
+        conn.sock.settimeout(timeout)
     offset = int(ready.data.get("offset", 0))
     hasher = streams.new_hasher(digest)
     start, restarted = 0, False
