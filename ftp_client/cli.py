@@ -18,7 +18,6 @@ from ftpd import errors
 from ftp_client.connection import ConnectError, Connection, parse_address, tls_context
 from ftp_client.shell import (
     EXIT_CONNECT,
-    EXIT_FAILED,
     EXIT_USAGE,
     Session,
     Shell,

@@ -174,6 +174,23 @@ def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
 
 
 @pytest.fixture
+def log_file(project: Project) -> Iterator[Path]:
+    """Route the in-process server's logging into project.root/logs/ftpd.log for one test."""
+    import logging
+
+    from ftpd.logs import setup_logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    setup_logging(project.root / "logs", "INFO", stderr=False)
+    yield project.root / "logs" / "ftpd.log"
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
+@pytest.fixture
 def client(server: RunningServer) -> Iterator[Connection]:
     conn = server.login("alice")
     yield conn

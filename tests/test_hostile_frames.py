@@ -9,57 +9,23 @@ connection only when the stream cannot be trusted, and keep serving everyone els
 from __future__ import annotations
 
 import json
-import logging
 import select
 import socket
 import struct
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from ftpd import protocol
 from ftpd.handler import FTPHandler
-from ftpd.logs import setup_logging
 from tests.conftest import PASSWORDS, RunningServer
+from tests.rawwire import call, frame, read_frame, read_frame_with_body, recv_exact, wait_until
 
 TIMEOUT = 5.0
 
 
 # --- raw frame helpers --------------------------------------------------------------
-
-
-def frame(header: dict[str, Any] | bytes, body: bytes = b"") -> bytes:
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return struct.pack(">I", len(raw)) + raw + body
-
-
-def recv_exact(sock: socket.socket, size: int) -> bytes:
-    out = b""
-    while len(out) < size:
-        chunk = sock.recv(size - len(out))
-        if not chunk:
-            raise EOFError(f"closed after {len(out)} of {size} bytes")
-        out += chunk
-    return out
-
-
-def read_frame(sock: socket.socket) -> dict[str, Any]:
-    (length,) = struct.unpack(">I", recv_exact(sock, 4))
-    assert length <= protocol.MAX_HEADER_BYTES
-    return json.loads(recv_exact(sock, length))
-
-
-def read_frame_with_body(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
-    header = read_frame(sock)
-    return header, recv_exact(sock, header.get("body", 0))
-
-
-def call(sock: socket.socket, cmd: str, **args: Any) -> dict[str, Any]:
-    sock.sendall(frame({"cmd": cmd, "args": args}))
-    header, _ = read_frame_with_body(sock)
-    return header
 
 
 def assert_closed(sock: socket.socket, within: float = TIMEOUT) -> None:
@@ -94,26 +60,6 @@ def logged_in(srv: RunningServer, user: str = "alice") -> socket.socket:
 def assert_alive(sock: socket.socket) -> None:
     header = call(sock, "pwd")
     assert (header["ok"], header["code"], header["data"]["cwd"]) == (True, 200, "/"), header
-
-
-def wait_until(predicate: Any, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)  # polling an external condition, not synchronising
-
-
-@pytest.fixture
-def log_file(project: Any) -> Iterator[Path]:
-    """Route the daemon's logging into project.root/logs/ftpd.log for one test."""
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    setup_logging(project.root / "logs", "INFO", stderr=False)
-    yield project.root / "logs" / "ftpd.log"
-    for handler in [h for h in root.handlers if h not in before]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(level)
 
 
 # --- oversize and truncated frames --------------------------------------------------

@@ -7,22 +7,18 @@ a different peer address for the server).
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 import socket
-import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from ftpd import errors
-from ftpd.logs import setup_logging
 from tests.conftest import PASSWORDS, ROOT, RunningServer
+from tests.rawwire import call, read_frame_with_body, wait_until
 
 TIMEOUT = 5.0
 OTHER_IP = "127.0.0.2"
@@ -32,27 +28,9 @@ LOCKING = {"login_max_failures": 3, "login_lockout": 30, "login_delay": 0.01}
 # --- raw helpers ----------------------------------------------------------------------
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytes:
-    out = b""
-    while len(out) < size:
-        chunk = sock.recv(size - len(out))
-        if not chunk:
-            raise EOFError(f"closed after {len(out)} of {size} bytes")
-        out += chunk
-    return out
-
-
 def read_frame(sock: socket.socket) -> dict[str, Any]:
-    (length,) = struct.unpack(">I", recv_exact(sock, 4))
-    header = json.loads(recv_exact(sock, length))
-    recv_exact(sock, header.get("body", 0))
+    header, _ = read_frame_with_body(sock)
     return header
-
-
-def call(sock: socket.socket, cmd: str, **args: Any) -> dict[str, Any]:
-    raw = json.dumps({"cmd": cmd, "args": args}).encode()
-    sock.sendall(struct.pack(">I", len(raw)) + raw)
-    return read_frame(sock)
 
 
 def connect(srv: RunningServer, source: str = "127.0.0.1") -> tuple[socket.socket, dict[str, Any]]:
@@ -87,13 +65,6 @@ def assert_closed(sock: socket.socket) -> None:
         pass
 
 
-def wait_until(predicate: Any, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)  # polling an external condition, not synchronising
-
-
 @pytest.fixture
 def other_ip() -> str:
     probe = socket.socket()
@@ -104,19 +75,6 @@ def other_ip() -> str:
     finally:
         probe.close()
     return OTHER_IP
-
-
-@pytest.fixture
-def log_file(project: Any) -> Iterator[Path]:
-    """Route the daemon's logging into project.root/logs/ftpd.log for one test."""
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    setup_logging(project.root / "logs", "INFO", stderr=False)
-    yield project.root / "logs" / "ftpd.log"
-    for handler in [h for h in root.handlers if h not in before]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(level)
 
 
 def code(reply: dict[str, Any]) -> tuple[int, str]:
