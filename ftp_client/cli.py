@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from ftpd import errors
+from ftpd import errors, protocol
 from ftp_client.connection import ConnectError, Connection, parse_address, tls_context
 from ftp_client.shell import (
     EXIT_CONNECT,
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cafile", help="CA bundle to verify the server with (implies --tls)")
     p.add_argument("--insecure", action="store_true", help="with --tls: do not verify the certificate")
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
+    p.add_argument(
+        "--digest",
+        choices=protocol.DIGESTS,
+        default=protocol.DEFAULT_DIGEST,
+        help="checksum for transfers (default md5; sha1 is faster on CPUs with SHA extensions)",
+    )
     return p
 
 
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConnectError, errors.FTPError, OSError) as exc:
         print(f"ftp-client: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_CONNECT
-    shell = Shell(session, quiet=args.quiet, interactive=lines is None)
+    shell = Shell(session, quiet=args.quiet, interactive=lines is None, digest=args.digest)
     try:
         if lines is not None:
             status = run_batch(shell, lines)

@@ -110,8 +110,11 @@ class Shell(cmd.Cmd):
     intro = "Connected. Type help for commands, quit to leave."
     doc_header = "Commands (help CMD for details):"
 
-    def __init__(self, session: Session, quiet: bool = False, interactive: bool = True) -> None:
+    def __init__(
+        self, session: Session, quiet: bool = False, interactive: bool = True, digest: str = "md5"
+    ) -> None:
         super().__init__()
+        self.digest = digest  # md5 by default; sha1/blake2b if the user asked (--digest)
         self.session = session
         self.quiet = quiet
         self.interactive = interactive
@@ -260,7 +263,7 @@ class Shell(cmd.Cmd):
             return self._put_tree(local, remote)
         if local.is_dir():
             raise UsageError(f"{local} is a directory (use put -r)")
-        self._report("put", transfer.put_file(self.conn, local, remote, self.progress, self.notice))
+        self._report("put", transfer.put_file(self.conn, local, remote, self.progress, self.notice, self.digest))
 
     def _put_tree(self, local: Path, remote: str) -> None:
         if not local.is_dir():
@@ -270,7 +273,7 @@ class Shell(cmd.Cmd):
         for d in dirs:
             self.conn.call("mkdir", path=posixpath.join(remote, d.relative_to(local).as_posix()), parents=True)
         pairs = [(f, posixpath.join(remote, f.relative_to(local).as_posix())) for f in files]
-        transfer.put_many(self.conn, pairs, self.progress, self.notice)
+        transfer.put_many(self.conn, pairs, self.progress, self.notice, digest=self.digest)
         self.say(f"put {len(files)} files, {len(dirs) + 1} directories to {remote}")
 
     def do_get(self, line: str) -> None:
@@ -285,7 +288,7 @@ class Shell(cmd.Cmd):
             return self._get_tree(remote, local)
         if local.is_dir():
             local = local / name
-        self._report("got", transfer.get_file(self.conn, remote, local, self.progress, self.notice))
+        self._report("got", transfer.get_file(self.conn, remote, local, self.progress, self.notice, self.digest))
 
     def _get_tree(self, remote: str, local: Path) -> None:
         dirs, files = transfer.walk_remote(self.conn, remote)
@@ -299,12 +302,14 @@ class Shell(cmd.Cmd):
             if not target.resolve().is_relative_to(top):  # belt and braces after walk_remote
                 raise errors.PathEscapeError(f"{path}: would be written outside {local}")
             self.notice(f"[{i}/{len(files)}] {path}")
-            transfer.get_file(self.conn, path, target, self.progress, self.notice)
+            transfer.get_file(self.conn, path, target, self.progress, self.notice, self.digest)
         self.say(f"got {len(files)} files, {len(dirs) + 1} directories into {local}")
 
     def _report(self, verb: str, result: transfer.Result) -> None:
         resumed = f", resumed at byte {result.offset}" if result.offset else ""
-        self.say(f"{verb} {result.path}: {result.size} bytes, md5 {result.checksum} verified{resumed}")
+        self.say(
+            f"{verb} {result.path}: {result.size} bytes, {self.digest} {result.checksum} verified{resumed}"
+        )
 
     # --- local -------------------------------------------------------------------
 

@@ -96,6 +96,7 @@ def put_many(
     progress: ProgressFactory = no_progress,
     notice: Callable[[str], None] = lambda _m: None,
     window: int = 32,
+    digest: str = protocol.DEFAULT_DIGEST,
 ) -> list[Result]:
     """Upload many files, keeping up to ``window`` small (inline) puts in flight.
 
@@ -131,10 +132,10 @@ def put_many(
                 if size > INLINE_MAX:
                     collect(0)
                     if failure is None:
-                        results.append(put_file(conn, local, remote, progress, notice))
+                        results.append(put_file(conn, local, remote, progress, notice, digest))
                         notice(f"[{len(results)}/{len(pairs)}] {remote}")
                     continue
-                _send_inline(conn, f, size, local, remote, protocol.DEFAULT_DIGEST)
+                _send_inline(conn, f, size, local, remote, digest)
             in_flight.append((remote, size))
             collect(window - 1)
         collect(0)
@@ -292,7 +293,8 @@ def get_file(
     if actual != remote_sum:
         partial.unlink(missing_ok=True)
         raise errors.ChecksumError(
-            f"{remote}: md5 mismatch (server {remote_sum}, received {actual}); nothing was saved"
+            f"{remote}: {hasher.name} mismatch (server {remote_sum}, received {actual}); "
+            "nothing was saved"
         )
     os.replace(partial, local)
     return Result(remote, size, start, actual)
