@@ -390,7 +390,7 @@ class FTPHandler(socketserver.BaseRequestHandler):
         dst = jail.resolve_entry(dst_v)
         if stat_mod.S_ISDIR(src_st.st_mode) and dst.is_relative_to(src):
             raise ConflictError("cannot move a directory into itself")
-        freed = _regular_size(dst) if dst != src else 0
+        freed = store.regular_size(dst) if dst != src else 0
         os.rename(src, dst)
         if freed:
             self.server.ledger(self.user or "").adjust(-freed)
@@ -403,14 +403,6 @@ class FTPHandler(socketserver.BaseRequestHandler):
 
     def cmd_get(self, request: Request) -> None:
         send_download(self, request)
-
-
-def _regular_size(path: Path) -> int:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return 0
-    return st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
 
 
 def _vpath_of(request: Request | None) -> str | None:

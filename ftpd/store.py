@@ -70,7 +70,7 @@ def partial_for(root: Path, target: Path, size: int, target_dev: int) -> tuple[P
             if entry.name == mine.name:
                 have = entry.stat(follow_symlinks=False).st_size
             elif entry.name.startswith(prefix):
-                freed += _unlink(Path(entry.path))
+                freed += discard(Path(entry.path))
     return mine, have, freed
 
 
@@ -96,12 +96,13 @@ def discard_partials(root: Path, target: Path) -> tuple[int, int]:
         except OSError:
             continue
         for path in doomed:
-            freed += _unlink(path)
+            freed += discard(path)
             count += 1
     return count, freed
 
 
-def _unlink(path: Path) -> int:
+def discard(path: Path) -> int:
+    """Remove a partial; returns the bytes freed."""
     try:
         size = path.lstat().st_size
         path.unlink()
@@ -110,9 +111,13 @@ def _unlink(path: Path) -> int:
         return 0
 
 
-def discard(path: Path) -> int:
-    """Remove a partial; returns the bytes freed."""
-    return _unlink(path)
+def regular_size(path: Path) -> int:
+    """Bytes of the regular file at ``path`` (0 if missing or not a regular file)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    return st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int]:

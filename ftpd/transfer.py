@@ -106,11 +106,12 @@ def _receive(h: "FTPHandler", request: Request, target: Path, shown: str, dev: i
     try:
         with h.server.transfer(), open(partial, "ab" if offset else "wb") as f:
             if inline:
-                checksum = upload.receive(f, size, args["checksum"])
+                upload.receive(f, size)
+                checksum = args["checksum"]
             else:
                 checksum = upload.two_phase(f)
             actual = upload.verify(f, checksum, shown)
-        old_size = _old_size(target)
+        old_size = store.regular_size(target)  # target is resolved: no link here
         store.install(partial, target)
         upload.delta -= old_size
     finally:
@@ -135,14 +136,14 @@ class _Upload:
         self.reservation = None  # type: ignore[assignment]
         self.started = time.monotonic()
 
-    def receive(self, f, nbytes: int, checksum: str) -> str:  # type: ignore[no-untyped-def]
+    def receive(self, f, nbytes: int) -> None:  # type: ignore[no-untyped-def]
+        """Read ``nbytes`` of body into the partial, hashing them; count what was written."""
         self.h._pending_body = 0  # from here on the body is ours to read
         self.sink = _Sink(f.fileno())
         try:
             streams.copy_exact(self.h.reader, self.sink, nbytes, self.hasher, chunk=RECV_CHUNK)
         finally:
             self.delta += self.sink.written
-        return checksum
 
     def two_phase(self, f) -> str:  # type: ignore[no-untyped-def]
         """150 with the resume offset -> data frame -> body -> end frame with the checksum."""
@@ -166,7 +167,7 @@ class _Upload:
             self.offset = 0
         if frame.body != self.size - start:
             raise ProtocolError(f"the data frame must carry exactly {self.size - start} bytes")
-        self.receive(f, frame.body, "")
+        self.receive(f, frame.body)
         return protocol.to_end(_read_frame(self.h)).checksum
 
     def verify(self, f, checksum: str, shown: str) -> str:  # type: ignore[no-untyped-def]
@@ -199,14 +200,6 @@ def _read_frame(h: "FTPHandler") -> dict:
     finally:
         h.reader.deadline = None
         h.sock.settimeout(h.server.config.idle_timeout)
-
-
-def _old_size(path: os.PathLike) -> int:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return 0
-    return st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
 
 
 def send_download(h: "FTPHandler", request: Request) -> None:
