@@ -29,14 +29,14 @@ import run  # bench/run.py: the daemon wrapper and the phases themselves
 def serve(out_path: str, config_path: str) -> int:
     """Like ``ftpd serve``, but every session thread runs under its own CPU-time profile."""
     from ftpd import config as config_mod
-    from ftpd.handler import FTPHandler
+    from ftpd.framed.session import FramedSession
     from ftpd.logs import setup_logging
-    from ftpd.server import FTPServer
-    from ftpd.users import UserStore
+    from ftpd.framed.server import FramedServer
+    from ftpd.accounts.users import UserStore
 
     profiles: list[cProfile.Profile] = []
 
-    class ProfiledHandler(FTPHandler):
+    class ProfiledHandler(FramedSession):
         def handle(self) -> None:
             profile = cProfile.Profile(time.thread_time)
             profiles.append(profile)
@@ -44,7 +44,7 @@ def serve(out_path: str, config_path: str) -> int:
 
     cfg = config_mod.load(Path(config_path))
     setup_logging(cfg.log_dir, cfg.log_level, cfg.log_max_bytes, cfg.log_backup_count)
-    server = FTPServer(cfg, UserStore.load(cfg.users_file), handler=ProfiledHandler)
+    server = FramedServer(cfg, UserStore.load(cfg.users_file), handler=ProfiledHandler)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})

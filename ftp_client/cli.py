@@ -14,7 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from ftpd import errors, protocol
+from ftpd import errors
+
+from ftpd.framed import protocol
 from ftp_client.connection import ConnectError, Connection, parse_address, tls_context
 from ftp_client.shell import (
     EXIT_CONNECT,

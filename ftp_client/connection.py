@@ -13,8 +13,12 @@ import socket
 import ssl
 from typing import Any
 
-from ftpd import errors, protocol, streams
-from ftpd.protocol import Request, Response
+from ftpd import errors
+
+from ftpd.framed import protocol
+
+from ftpd.framed import streams
+from ftpd.framed.protocol import Request, Response
 
 DEFAULT_PORT = 2121
 #: A listing body larger than this from a server is refused (a hostile server's bomb).

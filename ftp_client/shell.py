@@ -18,8 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from ftpd import errors, streams
-from ftpd.users import format_size
+from ftpd import errors
+
+from ftpd.framed import streams
+from ftpd.units import format_size
 from ftp_client import transfer
 from ftp_client.connection import ConnectError, Connection
 

@@ -19,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ftpd import errors, protocol, streams
-from ftpd.protocol import Data, End, Request
+from ftpd import errors
+
+from ftpd.framed import protocol
+
+from ftpd.framed import streams
+from ftpd.framed.protocol import Data, End, Request
 from ftp_client.connection import Connection
 
 #: Files up to this size go in one frame with their digest (no resume needed).

@@ -16,7 +16,7 @@ from pathlib import Path
 from ftpd import config as config_mod
 from ftpd.errors import ConfigError
 from ftpd.logs import setup_logging
-from ftpd.users import hash_password
+from ftpd.accounts.users import hash_password
 
 logger = logging.getLogger("ftpd")
 DEFAULT_CONFIG = Path("conf/ftpd.yaml")
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     check.set_defaults(func=_check_config)
 
-    from ftpd import admin  # the user subcommands live beside their editor
+    from ftpd.admin import commands as admin  # the user subcommands live beside their editor
 
     admin.add_parser(sub, DEFAULT_CONFIG)
     return parser
@@ -85,7 +85,7 @@ def _check_config(args: argparse.Namespace) -> int:
         problems += exc.problems
         cfg = None
     if cfg is not None:
-        from ftpd.users import UserStore
+        from ftpd.accounts.users import UserStore
 
         try:
             store = UserStore.load(cfg.users_file)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ftpd import yamldoc
 from ftpd.errors import ConfigError
-from ftpd.users import parse_size
+from ftpd.units import parse_size
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from ftpd.config import ServerConfig
 from ftpd.errors import ConfigError
 from ftpd.logs import setup_logging
 from ftpd.notify import Notifier
-from ftpd.server import FTPServer
-from ftpd.users import UserStore
+from ftpd.framed.server import FramedServer
+from ftpd.accounts.users import UserStore
 
 logger = logging.getLogger(__name__)
 STATUS_EVERY_S = 2.0
@@ -36,9 +36,9 @@ def tls_context(cfg: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def build_server(cfg: ServerConfig) -> FTPServer:
+def build_server(cfg: ServerConfig) -> FramedServer:
     users = UserStore.load(cfg.users_file)
-    server = FTPServer(cfg, users, ssl_context=tls_context(cfg))
+    server = FramedServer(cfg, users, ssl_context=tls_context(cfg))
     host, port = server.server_address[:2]
     logger.info("LISTENING host=%s port=%d tls=%s users=%d", host, port, cfg.tls is not None, len(users))
     if cfg.tls is None and not config_mod.is_loopback(cfg.host):
@@ -49,7 +49,7 @@ def build_server(cfg: ServerConfig) -> FTPServer:
     return server
 
 
-def reload(server: FTPServer) -> bool:
+def reload(server: FramedServer) -> bool:
     """Re-read users and log settings; on any error keep what is in force."""
     cfg = server.config
     try:
@@ -64,7 +64,7 @@ def reload(server: FTPServer) -> bool:
     return True
 
 
-def status_line(server: FTPServer) -> str:
+def status_line(server: FramedServer) -> str:
     return f"{server.session_count} sessions, {server.transfers} transfers"
 
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from ftpd.errors import QuotaExceededError
-from ftpd.users import format_size
+from ftpd.units import format_size
 
 
 def scan_usage(root: Path) -> int:

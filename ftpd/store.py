@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from ftpd.errors import ConflictError
 from ftpd.jail import PARTIAL_PREFIX, RESERVED
-from ftpd.streams import hash_file
+from ftpd.framed.streams import hash_file
 
 PARTIAL_DIR = Path(RESERVED) / "partial"
 _XATTR = "user.ftpd.{}"

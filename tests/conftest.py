@@ -1,7 +1,7 @@
 """Shared fixtures: a project tree in tmp_path, a real server on 127.0.0.1 port 0, clients.
 
 Layers (STYLE.md): pure tests use bytes and tmp_path only; ``server`` runs the real
-``FTPServer`` in a thread; ``daemon`` runs ``python -m ftpd serve`` as a process for the
+``FramedServer`` in a thread; ``daemon`` runs ``python -m ftpd serve`` as a process for the
 tests that send signals or kill it.  Every socket has a timeout; nothing sleeps to
 synchronise; nothing is written outside tmp_path.
 """
@@ -24,8 +24,8 @@ import pytest
 from passlib.hash import bcrypt
 
 from ftpd import config as config_mod
-from ftpd.server import FTPServer
-from ftpd.users import UserStore
+from ftpd.framed.server import FramedServer
+from ftpd.accounts.users import UserStore
 from ftp_client.connection import Connection
 
 # Low-cost hashes keep the suite fast; production hashes use the default cost (12).
@@ -118,7 +118,7 @@ def project(tmp_path: Path) -> Project:
 
 @dataclass
 class RunningServer:
-    server: FTPServer
+    server: FramedServer
     host: str
     port: int
     project: Project
@@ -136,17 +136,17 @@ class RunningServer:
         return socket.create_connection((self.host, self.port), timeout=timeout)
 
 
-def start_server(project: Project, **overrides: Any) -> tuple[FTPServer, threading.Thread]:
+def start_server(project: Project, **overrides: Any) -> tuple[FramedServer, threading.Thread]:
     if overrides:
         project.write_config(**overrides)
     cfg = project.load()
-    server = FTPServer(cfg, UserStore.load(cfg.users_file))
+    server = FramedServer(cfg, UserStore.load(cfg.users_file))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     return server, thread
 
 
-def stop_server(server: FTPServer, thread: threading.Thread) -> None:
+def stop_server(server: FramedServer, thread: threading.Thread) -> None:
     server.shutdown()
     server.server_close()
     server.drain(2.0)
@@ -155,7 +155,7 @@ def stop_server(server: FTPServer, thread: threading.Thread) -> None:
 
 @pytest.fixture
 def server_factory(project: Project) -> Iterator[Callable[..., RunningServer]]:
-    started: list[tuple[FTPServer, threading.Thread]] = []
+    started: list[tuple[FramedServer, threading.Thread]] = []
 
     def make(**overrides: Any) -> RunningServer:
         server, thread = start_server(project, **overrides)

@@ -9,7 +9,7 @@ import struct
 import time
 from typing import Any
 
-from ftpd import protocol
+from ftpd.framed import protocol
 
 TIMEOUT = 5.0
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from ftp_client.connection import Connection
-from ftpd import admin, errors
+from ftpd import errors
+from ftpd.admin import commands as admin
 from ftpd.cli import main
-from ftpd.users import CONTEXT, UserStore
+from ftpd.accounts.users import CONTEXT, UserStore
 from tests.conftest import FAST, PASSWORDS, ROOT, DaemonProcess, Project
 
 GiB = 1024**3

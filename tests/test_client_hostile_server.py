@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from ftpd import errors, protocol, streams
+from ftpd import errors
+
+from ftpd.framed import protocol
+
+from ftpd.framed import streams
 from ftp_client import transfer
 from ftp_client.connection import Connection
 from ftp_client.shell import Session, Shell

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ftpd.users import format_size
+from ftpd.units import format_size
 from ftp_client import transfer
 from ftp_client.shell import EXIT_FAILED, EXIT_USAGE, Session, Shell, split_commands
 from tests.conftest import PASSWORDS, RunningServer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpd.protocol import Data, End
+from ftpd.framed.protocol import Data, End
 from tests.conftest import DaemonProcess, Project
 
 # A periodic STATUS comes every ftpd.daemon.STATUS_EVERY_S; allow a few plus start-up.

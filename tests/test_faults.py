@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ftpd import errors, protocol
+from ftpd import errors
+
+from ftpd.framed import protocol
 from ftp_client import transfer
 
 IS_ROOT = os.geteuid() == 0

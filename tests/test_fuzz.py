@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ftpd import protocol
+from ftpd.framed import protocol
 from ftpd.errors import ERROR_CLASSES, FTPError, ProtocolError
 from ftpd.jail import RESERVED, Jail
-from ftpd.protocol import (
+from ftpd.framed.protocol import (
     COMMANDS,
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,

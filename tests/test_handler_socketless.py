@@ -1,8 +1,8 @@
-"""The handler layer without a listening socket: FTPHandler on one end of a socketpair.
+"""The handler layer without a listening socket: FramedSession on one end of a socketpair.
 
-The FTPServer object supplies the shared state (config, users, throttle, ledgers), as it
+The FramedServer object supplies the shared state (config, users, throttle, ledgers), as it
 does in production, but no connection goes through its accept loop: the test builds
-``FTPHandler(sock, address, server)`` itself (CPython's SocketlessRequestHandler idea)
+``FramedSession(sock, address, server)`` itself (CPython's SocketlessRequestHandler idea)
 and speaks ``protocol.encode`` frames to the other end.  This pins down dispatch: the
 order of its checks, and that reflection never sees a name outside COMMANDS.
 """
@@ -17,20 +17,22 @@ from typing import Any, Iterator
 
 import pytest
 
-from ftpd import protocol, streams
-from ftpd.handler import FTPHandler
-from ftpd.protocol import Request, Response
-from ftpd.server import VERSION, FTPServer
-from ftpd.users import UserStore
+from ftpd.framed import protocol
+
+from ftpd.framed import streams
+from ftpd.framed.session import FramedSession
+from ftpd.framed.protocol import Request, Response
+from ftpd.framed.server import VERSION, FramedServer
+from ftpd.accounts.users import UserStore
 from tests.conftest import FAST, PASSWORDS
 
 TIMEOUT = 5.0
 
 
 class Pair:
-    """An FTPHandler serving one end of a socketpair in a thread; the test holds the other."""
+    """An FramedSession serving one end of a socketpair in a thread; the test holds the other."""
 
-    def __init__(self, server: FTPServer, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+    def __init__(self, server: FramedServer, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.client, theirs = socket.socketpair()
         self.client.settimeout(TIMEOUT)
         self.reader = streams.SocketReader(self.client)
@@ -40,9 +42,9 @@ class Pair:
         )
         self.thread.start()
 
-    def _serve(self, sock: socket.socket, address: tuple[str, int], server: FTPServer) -> None:
+    def _serve(self, sock: socket.socket, address: tuple[str, int], server: FramedServer) -> None:
         try:
-            FTPHandler(sock, address, server)  # setup, handle, finish: the whole session
+            FramedSession(sock, address, server)  # setup, handle, finish: the whole session
         except BaseException as exc:  # noqa: BLE001 - reported by the test, not swallowed
             self.error = exc
         finally:
@@ -86,12 +88,12 @@ class Pair:
 
 
 @pytest.fixture
-def ftp_server(server) -> FTPServer:
+def ftp_server(server) -> FramedServer:
     return server.server
 
 
 @pytest.fixture
-def pair(ftp_server: FTPServer) -> Iterator[Pair]:
+def pair(ftp_server: FramedServer) -> Iterator[Pair]:
     p = Pair(ftp_server)
     greeting, _ = p.recv()
     assert greeting.code == protocol.GREETING
@@ -169,7 +171,7 @@ def test_handler_socketless_login_and_quit_need_no_login(pair):
 
 
 def test_handler_socketless_table_and_methods_in_step():
-    methods = {name[4:] for name in dir(FTPHandler) if name.startswith("cmd_")}
+    methods = {name[4:] for name in dir(FramedSession) if name.startswith("cmd_")}
     assert methods == set(protocol.COMMANDS)
 
 
@@ -178,20 +180,20 @@ def test_handler_socketless_name_outside_table_never_reflected(pair, monkeypatch
     called: list[str] = []
     looked_up: list[str] = []
 
-    def cmd_secret(self: FTPHandler, request: Request) -> Response:
+    def cmd_secret(self: FramedSession, request: Request) -> Response:
         called.append("secret")
         return Response(True, 200, "leaked")
 
-    real_getattribute = FTPHandler.__getattribute__
+    real_getattribute = FramedSession.__getattribute__
 
-    def spy(self: FTPHandler, name: str) -> Any:
+    def spy(self: FramedSession, name: str) -> Any:
         if name.startswith("cmd_"):
             looked_up.append(name)
         return real_getattribute(self, name)
 
-    monkeypatch.setattr(FTPHandler, "cmd_secret", cmd_secret, raising=False)
+    monkeypatch.setattr(FramedSession, "cmd_secret", cmd_secret, raising=False)
     pair.login()
-    monkeypatch.setattr(FTPHandler, "__getattribute__", spy)
+    monkeypatch.setattr(FramedSession, "__getattribute__", spy)
     for name in ["secret", "cmd_secret", "handle", "__init__", "setup", "finish", "dispatch",
                  "respond", "cmd_ls", "_check_account", "__class__", "server"]:
         assert code(pair.call(name)) == (501, "unknown_command"), name
@@ -202,10 +204,10 @@ def test_handler_socketless_name_outside_table_never_reflected(pair, monkeypatch
 
 
 def test_handler_socketless_crash_is_500_and_closes(ftp_server, monkeypatch):
-    def broken(self: FTPHandler, request: Request) -> Response:
+    def broken(self: FramedSession, request: Request) -> Response:
         raise ZeroDivisionError("hidden detail")
 
-    monkeypatch.setattr(FTPHandler, "cmd_quota", broken)
+    monkeypatch.setattr(FramedSession, "cmd_quota", broken)
     healthy, crashing = Pair(ftp_server), Pair(ftp_server)
     for p in (healthy, crashing):
         p.recv()

@@ -1,4 +1,4 @@
-"""Hostile and broken frames against a real FTPServer, over raw sockets.
+"""Hostile and broken frames against a real FramedServer, over raw sockets.
 
 Each test reads the greeting first, then sends bytes no honest client would: oversize or
 truncated frames, headers that are not JSON objects, wrong argument types, internal
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from ftpd import protocol
-from ftpd.handler import FTPHandler
+from ftpd.framed import protocol
+from ftpd.framed.session import FramedSession
 from tests.conftest import PASSWORDS, RunningServer
 from tests.rawwire import call, frame, read_frame, read_frame_with_body, recv_exact, wait_until
 
@@ -319,7 +319,7 @@ def test_hostile_crash_in_command_is_500_and_logged(server, monkeypatch, log_fil
     def broken(self, request):
         raise RuntimeError("kaboom at /very/secret/real/path")
 
-    monkeypatch.setattr(FTPHandler, "cmd_pwd", broken)
+    monkeypatch.setattr(FramedSession, "cmd_pwd", broken)
     other = logged_in(server, "bob")
     sock = logged_in(server)
     sock.sendall(frame({"cmd": "pwd", "args": {}}))

@@ -1,4 +1,4 @@
-"""Limits of a real FTPServer: login braking and locks, connection caps, timeouts, slots.
+"""Limits of a real FramedServer: login braking and locks, connection caps, timeouts, slots.
 
 The daemon listens on 127.0.0.1.  To tell the per-user lock from the per-address lock,
 some clients connect from another loopback source address (127.0.0.2: the same machine,
@@ -204,7 +204,7 @@ def test_limits_user_name_cannot_forge_log_lines(server_factory, log_file, name)
     lines = text.splitlines()
     assert all(line.startswith("20") for line in lines), lines  # every line is a record
     assert "\x1b" not in text and "\r" not in text
-    record = re.compile(r"\S+ \S+ WARNING ftpd\.handler LOGIN FAILED ")
+    record = re.compile(r"\S+ \S+ WARNING ftpd\S* LOGIN FAILED ")
     failed = [line for line in lines if record.match(line)]
     assert len(failed) == 1 and failed[0].endswith(" ip=127.0.0.1")
     if "\n" in name:

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from ftpd import protocol
+from ftpd.framed import protocol
 from ftpd.errors import (
     BadRequestError,
     HeaderTooLargeError,
     ProtocolError,
     UnknownCommandError,
 )
-from ftpd.handler import FTPHandler
-from ftpd.protocol import (
+from ftpd.framed.session import FramedSession
+from ftpd.framed.protocol import (
     COMMANDS,
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
@@ -568,10 +568,10 @@ def test_protocol_is_hex_digest(value: object, expected: bool) -> None:
 
 
 def test_protocol_commands_match_handler_methods() -> None:
-    methods = {name[len("cmd_") :] for name in dir(FTPHandler) if name.startswith("cmd_")}
+    methods = {name[len("cmd_") :] for name in dir(FramedSession) if name.startswith("cmd_")}
     assert methods == set(COMMANDS)
     for name in COMMANDS:
-        assert callable(getattr(FTPHandler, "cmd_" + name))
+        assert callable(getattr(FramedSession, "cmd_" + name))
 
 
 def test_protocol_commands_table_is_consistent() -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from ftpd import errors
-from ftpd.protocol import READY_FOR_DATA, Data, End, Request, Response
+from ftpd.framed.protocol import READY_FOR_DATA, Data, End, Request, Response
 from ftpd.quota import scan_usage
 from ftpd.store import PARTIAL_DIR
 from ftp_client import transfer
@@ -324,7 +324,7 @@ def test_quota_unlimited_user_has_no_limit(server: RunningServer, tmp_path: Path
 
 def test_quota_command_during_an_upload_does_not_count_it_twice(server, tmp_path):
     """A recount while an upload is open would see its partial, which the upload adds again."""
-    from ftpd import protocol as proto
+    from ftpd.framed import protocol as proto
 
     payload = os.urandom(600_000)
     uploader = server.login("carol")  # 1 MiB quota

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pytest
 
-from ftpd.protocol import Data, Request
+from ftpd.framed.protocol import Data, Request
 from ftpd.store import PARTIAL_DIR
 from ftp_client import transfer
 from ftp_client.connection import Connection
@@ -38,7 +38,7 @@ SLOW_CLIENT = '''
 import os, sys, time
 from ftp_client import transfer
 from ftp_client.cli import main
-from ftpd import streams
+from ftpd.framed import streams
 
 delay = float(os.environ.get("FTP_TEST_DELAY", "0"))
 if delay:
@@ -334,7 +334,7 @@ def test_resume_put_after_connection_cut_sends_only_the_rest(
     notices: list[str] = []
     conn = server.login("alice")
 
-    with caplog.at_level(logging.INFO, logger="ftpd.handler"):
+    with caplog.at_level(logging.INFO, logger="ftpd"):
         result = transfer.put_file(conn, src, "f.bin", notice=notices.append)
 
     assert result.offset == 3 * MiB and not result.restarted

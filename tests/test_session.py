@@ -1,4 +1,4 @@
-"""Session behaviour end to end: a real FTPServer on 127.0.0.1, driven through Connection.
+"""Session behaviour end to end: a real FramedServer on 127.0.0.1, driven through Connection.
 
 Every browsing command, the jail seen from the wire (``..``, absolute paths, symlinks out,
 ``alice`` vs ``alice2``, control characters, the reserved ``.ftpd``), non-ASCII names, and

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from ftpd import throttle
+from ftpd.accounts import throttle
 from ftpd.errors import TooManyAttemptsError
-from ftpd.throttle import LoginThrottle
+from ftpd.accounts.throttle import LoginThrottle
 
 MAX_FAILURES, LOCKOUT_S, DELAY_S = 3, 60.0, 0.5
 

@@ -1,6 +1,6 @@
 """TLS: a trustme CA signs the server's certificate; clients verify it, or are refused.
 
-The server here is the real ``FTPServer`` with the SSL context the daemon builds from
+The server here is the real ``FramedServer`` with the SSL context the daemon builds from
 ``tls: {cert, key}`` (``ftpd.daemon.tls_context``), run in a thread as in conftest; one
 test runs the daemon process itself with TLS on.  Every client has a short timeout, so a
 refusal shows up as an error, never as a hang.
@@ -25,9 +25,9 @@ from ftp_client import cli as client_cli
 from ftp_client.connection import ConnectError, Connection, tls_context
 from ftp_client.transfer import INLINE_MAX, get_file, put_file
 from ftpd import daemon as daemon_mod
-from ftpd import protocol
-from ftpd.server import FTPServer
-from ftpd.users import UserStore
+from ftpd.framed import protocol
+from ftpd.framed.server import FramedServer
+from ftpd.accounts.users import UserStore
 from tests.conftest import PASSWORDS, DaemonProcess, Project
 
 TIMEOUT_S = 5.0
@@ -38,7 +38,7 @@ class TLSServer:
     host: str
     port: int
     ca_file: Path
-    server: FTPServer
+    server: FramedServer
 
     def connect(
         self, context: ssl.SSLContext | None, host: str | None = None, timeout: float = TIMEOUT_S
@@ -69,14 +69,14 @@ def _write_cert(ca: trustme.CA, folder: Path, names: tuple[str, ...]) -> tuple[P
 
 @pytest.fixture
 def tls_server_factory(project: Project, ca: trustme.CA) -> Iterator[Callable[..., TLSServer]]:
-    started: list[tuple[FTPServer, threading.Thread]] = []
+    started: list[tuple[FramedServer, threading.Thread]] = []
 
     def make(names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TLSServer:
         ca_file, cert, key = _write_cert(ca, project.root / "tls", names)
         project.write_config(tls={"cert": str(cert), "key": str(key)})
         cfg = project.load()
         assert cfg.tls is not None and cfg.tls.cert == cert
-        server = FTPServer(
+        server = FramedServer(
             cfg, UserStore.load(cfg.users_file), ssl_context=daemon_mod.tls_context(cfg)
         )
         thread = threading.Thread(

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from ftpd import errors, protocol
-from ftpd.protocol import Data, End, Request
+from ftpd import errors
+
+from ftpd.framed import protocol
+from ftpd.framed.protocol import Data, End, Request
 from ftpd.store import PARTIAL_DIR
 from ftp_client import transfer
 from ftp_client.connection import Connection

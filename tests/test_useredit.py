@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftpd import useredit
-from ftpd.useredit import UsersFileEditError
+from ftpd.admin import useredit
+from ftpd.admin.useredit import UsersFileEditError
 
 SAMPLE = """\
 # Users of the daemon. Passwords are passlib hashes; make one with `ftpd hash-password`.

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from passlib.hash import bcrypt, pbkdf2_sha256, sha512_crypt
 
-from ftpd import users
+from ftpd.accounts import users
 from ftpd.errors import ConfigError
-from ftpd.users import User, UserStore, check_name, format_size, parse_size
+from ftpd.accounts.users import User, UserStore, check_name
+from ftpd.units import format_size, parse_size
 
 FAST = bcrypt.using(rounds=4)
 ALICE_HASH = FAST.hash("alice-pw")

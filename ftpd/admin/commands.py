@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from ftpd import config as config_mod
-from ftpd import useredit
+from ftpd.admin import useredit
 from ftpd.quota import scan_usage
-from ftpd.users import UserStore, check_name, format_size, hash_password, parse_size
+from ftpd.accounts.users import UserStore, check_name, hash_password
+from ftpd.units import format_size, parse_size
 
 
 def add_parser(sub: argparse._SubParsersAction, default_config: Path) -> None:

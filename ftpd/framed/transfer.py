@@ -24,13 +24,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ftpd import protocol, store, streams
+from ftpd import store
+
+from ftpd.framed import protocol
+
+from ftpd.framed import streams
 from ftpd.errors import BadRequestError, ChecksumError, ConflictError, NotFoundError, ProtocolError
 from ftpd.logs import clean
-from ftpd.protocol import OK, READY_FOR_DATA, Request, Response
+from ftpd.framed.protocol import OK, READY_FOR_DATA, Request, Response
 
 if TYPE_CHECKING:
-    from ftpd.handler import FTPHandler
+    from ftpd.framed.session import FramedSession
 
 logger = logging.getLogger(__name__)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -65,7 +69,7 @@ class _Sink:
                     os.ftruncate(self.fd, 0)
 
 
-def receive_upload(h: "FTPHandler", request: Request) -> None:
+def receive_upload(h: "FramedSession", request: Request) -> None:
     args = request.args
     jail = h._jail
     shown = str(jail.normalize(args["path"]))
@@ -92,7 +96,7 @@ def receive_upload(h: "FTPHandler", request: Request) -> None:
         return _receive(h, request, target, shown, st.st_dev)
 
 
-def _receive(h: "FTPHandler", request: Request, target: Path, shown: str, dev: int) -> None:
+def _receive(h: "FramedSession", request: Request, target: Path, shown: str, dev: int) -> None:
     args, inline = request.args, request.body is not None
     size, digest = args["size"], args.get("digest", protocol.DEFAULT_DIGEST)
     ledger = h.server.ledger(h.user or "")
@@ -128,7 +132,7 @@ def _receive(h: "FTPHandler", request: Request, target: Path, shown: str, dev: i
 class _Upload:
     """State of one upload in one session thread: hash, bytes added, the reservation."""
 
-    def __init__(self, h: "FTPHandler", partial: os.PathLike, size: int, offset: int, digest: str) -> None:
+    def __init__(self, h: "FramedSession", partial: os.PathLike, size: int, offset: int, digest: str) -> None:
         self.h, self.partial, self.size, self.offset, self.digest = h, partial, size, offset, digest
         self.hasher = streams.new_hasher(digest)
         self.delta = 0  # net bytes this upload added on disk, for the ledger
@@ -193,7 +197,7 @@ class _Upload:
         return actual
 
 
-def _read_frame(h: "FTPHandler") -> dict:
+def _read_frame(h: "FramedSession") -> dict:
     h.reader.deadline = time.monotonic() + h.server.config.idle_timeout
     try:
         return streams.read_header(h.reader)
@@ -202,7 +206,7 @@ def _read_frame(h: "FTPHandler") -> dict:
         h.sock.settimeout(h.server.config.idle_timeout)
 
 
-def send_download(h: "FTPHandler", request: Request) -> None:
+def send_download(h: "FramedSession", request: Request) -> None:
     args = request.args
     jail = h._jail
     shown = str(jail.normalize(args["path"]))

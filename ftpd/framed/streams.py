@@ -12,7 +12,7 @@ import hashlib
 import time
 from typing import Any, BinaryIO, Callable
 
-from ftpd import protocol
+from ftpd.framed import protocol
 from ftpd.errors import BadRequestError, ProtocolError
 
 #: Copy buffer: large enough that per-call overhead vanishes next to md5 and the kernel.

@@ -1,6 +1,6 @@
 """The daemon: a ThreadingTCPServer owning the config, the users, the ledgers and the limits.
 
-One thread per connection runs an ``FTPHandler``.  What sessions share lives here: the
+One thread per connection runs an ``FramedSession``.  What sessions share lives here: the
 current ``UserStore`` (swapped whole on reload, never mutated), the per-user quota
 ledgers, the login throttle, and the table of live sessions used for connection limits,
 status and graceful stop.  This module must never block the accept loop on a client: refusals
@@ -18,19 +18,19 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ftpd import protocol
+from ftpd.framed import protocol
 from ftpd.config import ServerConfig
 from ftpd.errors import ConflictError
-from ftpd.handler import FTPHandler
+from ftpd.framed.session import FramedSession
 from ftpd.quota import QuotaLedger
-from ftpd.throttle import LoginThrottle
-from ftpd.users import UserStore
+from ftpd.accounts.throttle import LoginThrottle
+from ftpd.accounts.users import UserStore
 
 logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 
 
-class FTPServer(socketserver.ThreadingTCPServer):
+class FramedServer(socketserver.ThreadingTCPServer):
     """Owned by the main thread (``serve_forever``); handlers read its shared state."""
 
     allow_reuse_address = True
@@ -42,7 +42,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self,
         config: ServerConfig,
         users: UserStore,
-        handler: type[FTPHandler] = FTPHandler,
+        handler: type[FramedSession] = FramedSession,
         ssl_context: Any = None,
     ) -> None:
         self.config = config
@@ -53,9 +53,9 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self._lock = threading.Lock()
         self._ledgers: dict[str, QuotaLedger] = {}
         self._sessions: dict[socket.socket, str] = {}  # socket -> peer address
-        self._handlers: set[FTPHandler] = set()
+        self._handlers: set[FramedSession] = set()
         self._refused: dict[Any, str] = {}
-        self._claimed: dict[Path, FTPHandler] = {}
+        self._claimed: dict[Path, FramedSession] = {}
         self._claim_freed = threading.Condition(self._lock)
         self.transfers = 0
         self.home_root = Path(config.home_root)
@@ -140,7 +140,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
             return self._refused.pop(request, None)
 
     @contextlib.contextmanager
-    def claim(self, key: Path, owner: FTPHandler, wait_s: float = 10.0) -> Iterator[None]:
+    def claim(self, key: Path, owner: FramedSession, wait_s: float = 10.0) -> Iterator[None]:
         """One upload at a time per target path.
 
         A newer upload to the same target takes over: the older session is assumed dead
@@ -175,11 +175,11 @@ class FTPServer(socketserver.ThreadingTCPServer):
 
     # --- stopping --------------------------------------------------------------------
 
-    def register(self, handler: FTPHandler) -> None:
+    def register(self, handler: FramedSession) -> None:
         with self._lock:
             self._handlers.add(handler)
 
-    def unregister(self, handler: FTPHandler) -> None:
+    def unregister(self, handler: FramedSession) -> None:
         with self._lock:
             self._handlers.discard(handler)
 

@@ -1,6 +1,6 @@
 """One session per connection: read frames, dispatch through COMMANDS, run ``cmd_*``.
 
-This is where protocol, jail, users and quota meet (pyftpdlib's ``FTPHandler``).  Session
+This is where protocol, jail, users and quota meet (pyftpdlib's ``FramedSession``).  Session
 state (user, jail with its cwd) lives on the handler instance, which socketserver makes
 per connection and runs in that connection's thread; shared state is on ``self.server``.
 
@@ -24,7 +24,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftpd import protocol, store, streams
+from ftpd import store
+
+from ftpd.framed import protocol
+
+from ftpd.framed import streams
 from ftpd.errors import (
     ConflictError,
     FTPError,
@@ -38,19 +42,19 @@ from ftpd.errors import (
 )
 from ftpd.jail import PARTIAL_PREFIX, RESERVED, Jail
 from ftpd.logs import clean
-from ftpd.protocol import OK, Request, Response
-from ftpd.transfer import receive_upload, send_download
+from ftpd.framed.protocol import OK, Request, Response
+from ftpd.framed.transfer import receive_upload, send_download
 
 if TYPE_CHECKING:
-    from ftpd.server import FTPServer
+    from ftpd.framed.server import FramedServer
 
 logger = logging.getLogger(__name__)
 
 
-class FTPHandler(socketserver.BaseRequestHandler):
+class FramedSession(socketserver.BaseRequestHandler):
     """A session.  Created by the server per connection; runs in that connection's thread."""
 
-    server: "FTPServer"
+    server: "FramedServer"
 
     def setup(self) -> None:
         self.sock: socket.socket = self.request
@@ -396,7 +400,7 @@ class FTPHandler(socketserver.BaseRequestHandler):
             self.server.ledger(self.user or "").adjust(-freed)
         return Response(True, OK, f"moved to {jail.normalize(dst_v)}")
 
-    # --- commands: transfers (the mechanics are in ftpd.transfer) ---------------------
+    # --- commands: transfers (the mechanics are in ftpd.framed.transfer) ---------------------
 
     def cmd_put(self, request: Request) -> None:
         return receive_upload(self, request)

@@ -1,0 +1,1 @@
+"""Protocol-neutral services: logins, a user's files, the runtime registry. No imports here."""

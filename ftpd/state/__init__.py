@@ -1,0 +1,1 @@
+"""What sessions (and later, nodes) share: the quota ledger and upload claims. No imports here."""

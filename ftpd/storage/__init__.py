@@ -1,0 +1,1 @@
+"""Bytes at rest: the storage interface and its backends; no users, no protocol. No imports here."""
