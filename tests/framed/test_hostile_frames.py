@@ -20,7 +20,7 @@ import pytest
 from ftpd.framed import protocol
 from ftpd.framed.session import FramedSession
 from tests.conftest import PASSWORDS, RunningServer
-from tests.rawwire import call, frame, read_frame, read_frame_with_body, recv_exact, wait_until
+from tests.support import call, frame, read_frame, read_frame_with_body, recv_exact, wait_until
 
 TIMEOUT = 5.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 UNIT = CONF / "ftpd.service"
 FILTER = CONF / "fail2ban" / "filter.d" / "ftpd.conf"
 JAIL = CONF / "fail2ban" / "jail.d" / "ftpd.local"

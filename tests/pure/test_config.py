@@ -11,7 +11,7 @@ from ftpd import config
 from ftpd.config import ServerConfig, TLSConfig
 from ftpd.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "conf" / "ftpd.yaml"
 
 

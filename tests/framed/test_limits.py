@@ -18,7 +18,7 @@ import pytest
 
 from ftpd import errors
 from tests.conftest import PASSWORDS, ROOT, RunningServer
-from tests.rawwire import call, read_frame_with_body, wait_until
+from tests.support import call, read_frame_with_body, wait_until
 
 TIMEOUT = 5.0
 OTHER_IP = "127.0.0.2"

@@ -207,7 +207,7 @@ def test_users_load_empty(tmp_path: Path, text: str) -> None:
 
 
 def test_users_load_shipped_file() -> None:
-    store = UserStore.load(Path(__file__).resolve().parent.parent / "conf" / "users.yaml")
+    store = UserStore.load(Path(__file__).resolve().parents[2] / "conf" / "users.yaml")
     assert store.get("demo") is not None
 
 
