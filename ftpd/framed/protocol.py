@@ -23,6 +23,8 @@ SERVER_NAME = "ftpd"
 MAX_HEADER_BYTES = 64 * 1024
 #: Largest body a frame may announce (1 PiB): a sanity bound, not a quota.
 MAX_BODY_BYTES = 1 << 50
+#: Latest modification time a client may set (year ~5138; past it ``utime`` overflows).
+MAX_TIME_S = 1e11
 #: Largest body a request may carry inline (small files in one round trip).
 MAX_INLINE_BODY = 16 * 1024 * 1024
 #: Digests a transfer may ask for; md5 is the default and the one recorded on disk.
@@ -64,6 +66,8 @@ def _cmd(name: str, summary: str, login: bool = True, body: bool = False, **args
 
 
 _S, _I, _B = Arg(str), Arg(int), Arg(bool)
+#: A time in seconds since the epoch (int or float; what ``stat`` reports as ``mtime``).
+_T = Arg(float)
 _RS = Arg(str, required=True)
 _RI = Arg(int, required=True)
 
@@ -78,7 +82,7 @@ COMMANDS: dict[str, Command] = {
         _cmd("ls", "list a directory (entries in the body, JSON lines)", path=_S, all=_B),
         _cmd("stat", "describe one path", path=_RS),
         _cmd("mkdir", "make a directory", path=_RS, parents=_B),
-        _cmd("rm", "remove a file", path=_RS),
+        _cmd("rm", "remove a file (or a whole tree with recursive)", path=_RS, recursive=_B),
         _cmd("rmdir", "remove an empty directory", path=_RS),
         _cmd("mv", "rename or move", src=_RS, dst=_RS),
         _cmd("quota", "bytes used and the limit"),
@@ -91,6 +95,7 @@ COMMANDS: dict[str, Command] = {
             digest=_S,
             checksum=_S,
             resume=_B,
+            mtime=_T,
         ),
         _cmd(
             "get",
@@ -258,9 +263,19 @@ def check_args(spec: Command, args: dict[str, Any], body: int | None = None) -> 
         arg = spec.args.get(name)
         if arg is None:
             raise BadRequestError(f"{spec.name}: unknown argument {name!r}"[:200], body=body)
-        ok = isinstance(value, arg.kind) and not (arg.kind is int and isinstance(value, bool))
-        if not ok or (arg.kind is int and not 0 <= value <= MAX_BODY_BYTES):
-            want = {str: "a string", int: "a non-negative integer", bool: "true or false"}
+        if arg.kind is float:  # a time: any finite JSON number from 0 to year ~5138
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and 0 <= value <= MAX_TIME_S  # NaN compares false: refused too
+        else:
+            ok = isinstance(value, arg.kind) and not (arg.kind is int and isinstance(value, bool))
+            ok = ok and not (arg.kind is int and not 0 <= value <= MAX_BODY_BYTES)
+        if not ok:
+            want = {
+                str: "a string",
+                int: "a non-negative integer",
+                bool: "true or false",
+                float: "a time in seconds since 1970 (a number)",
+            }
             raise BadRequestError(
                 f"{spec.name}: {name!r} must be {want[arg.kind]}", body=body
             )
