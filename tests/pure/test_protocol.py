@@ -580,6 +580,6 @@ def test_protocol_commands_table_is_consistent() -> None:
         assert spec.summary
         assert name.isidentifier() and name.islower()
         for arg in spec.args.values():
-            assert arg.kind in (str, int, bool)
+            assert arg.kind in (str, int, bool, float)
     assert not COMMANDS["login"].login_required and not COMMANDS["quit"].login_required
     assert [n for n, spec in COMMANDS.items() if spec.body] == ["put"]
