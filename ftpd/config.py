@@ -45,6 +45,7 @@ class ServerConfig:
     login_lockout: float = 300.0
     login_delay: float = 1.0
     grace_period: float = 30.0
+    takeover_after: float = 0.0
     fsync: bool = True
     tls: TLSConfig | None = None
     path: Path | None = None  # the file this came from (not a key)
@@ -58,6 +59,8 @@ _PATHS = ("home_root", "users_file", "log_dir")
 _SIZES = ("log_max_bytes",)
 _POSITIVE_INTS = ("max_connections", "max_per_ip", "login_max_failures")
 _SECONDS = ("idle_timeout", "login_timeout", "login_lockout", "login_delay", "grace_period")
+#: Durations where 0 is meaningful ("at once").
+_SECONDS_OR_ZERO = ("takeover_after",)
 _MAX_SECONDS = 10**8  # over three years
 
 
@@ -113,6 +116,11 @@ def _convert(key: str, value: Any, base: Path) -> Any:
         if type(value) is not int or value < low:
             raise ValueError(f"must be an integer >= {low}")
         return value
+    if key in _SECONDS_OR_ZERO:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not 0 <= value <= _MAX_SECONDS:
+            raise ValueError(f"must be a number of seconds from 0 to {_MAX_SECONDS}")
+        return float(value)
     if key in _SECONDS:
         # Written so that YAML's .nan fails too; socket.settimeout() refuses NaN, inf and
         # anything past time_t at run time, in every session, so refuse them here.

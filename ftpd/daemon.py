@@ -20,8 +20,9 @@ from ftpd.config import ServerConfig
 from ftpd.errors import ConfigError
 from ftpd.logs import setup_logging
 from ftpd.notify import Notifier
-from ftpd.framed.server import FramedServer
 from ftpd.accounts.users import UserStore
+from ftpd.core.services import Services
+from ftpd.framed.server import FramedServer
 
 logger = logging.getLogger(__name__)
 STATUS_EVERY_S = 2.0
@@ -36,11 +37,15 @@ def tls_context(cfg: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def build_server(cfg: ServerConfig) -> FramedServer:
-    users = UserStore.load(cfg.users_file)
-    server = FramedServer(cfg, users, ssl_context=tls_context(cfg))
+def build_server(cfg: ServerConfig, services: Services | None = None) -> FramedServer:
+    """The framed listener over ``services`` (built from ``cfg`` when not given)."""
+    if services is None:
+        services = Services.build(cfg, UserStore.load(cfg.users_file))
+    server = FramedServer(cfg, services, ssl_context=tls_context(cfg))
     host, port = server.server_address[:2]
-    logger.info("LISTENING host=%s port=%d tls=%s users=%d", host, port, cfg.tls is not None, len(users))
+    users = len(services.accounts.users)
+    tls = cfg.tls is not None
+    logger.info("LISTENING host=%s port=%d tls=%s users=%d", host, port, tls, users)
     if cfg.tls is None and not config_mod.is_loopback(cfg.host):
         logger.warning(
             "TLS is off and the daemon listens on %s: passwords cross the network in clear; "
@@ -59,13 +64,16 @@ def reload(server: FramedServer) -> bool:
         logger.error("RELOAD REJECTED, keeping the previous users: %s", exc)
         return False
     setup_logging(fresh.log_dir, fresh.log_level, fresh.log_max_bytes, fresh.log_backup_count)
-    server.set_users(users)
+    server.services.accounts.set_users(users)
+    # Usage is counted again from the disk, in the background: a big site must not hold
+    # up the reload (sessions keep using the counts they have meanwhile).
+    threading.Thread(target=server.services.ledgers.recount_all, name="recount", daemon=True).start()
     logger.info("RELOADED users=%d", len(users))
     return True
 
 
 def status_line(server: FramedServer) -> str:
-    return f"{server.session_count} sessions, {server.transfers} transfers"
+    return server.runtime.status()
 
 
 def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
@@ -95,7 +103,7 @@ def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
             break
     finally:
         notifier.stopping()
-        server.stopping = True  # a connection accepted before the close below gets a 421
+        server.runtime.stopping = True  # a connection accepted before the close below gets a 421
         server.shutdown()
         server.server_close()
         logger.info("STOPPING: no new connections; grace period %.0f s", cfg.grace_period)

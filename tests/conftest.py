@@ -8,6 +8,7 @@ synchronise; nothing is written outside tmp_path.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -24,9 +25,11 @@ import pytest
 from passlib.hash import bcrypt
 
 from ftpd import config as config_mod
+from ftpd.core.services import Services
 from ftpd.framed.server import FramedServer
 from ftpd.accounts.users import UserStore
 from ftp_client.connection import Connection
+from tests.support import LogRecords
 
 # Low-cost hashes keep the suite fast; production hashes use the default cost (12).
 FAST = bcrypt.using(rounds=4)
@@ -140,7 +143,7 @@ def start_server(project: Project, **overrides: Any) -> tuple[FramedServer, thre
     if overrides:
         project.write_config(**overrides)
     cfg = project.load()
-    server = FramedServer(cfg, UserStore.load(cfg.users_file))
+    server = FramedServer(cfg, Services.build(cfg, UserStore.load(cfg.users_file)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     return server, thread
@@ -174,15 +177,36 @@ def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
 
 
 @pytest.fixture
-def log_file(project: Project) -> Iterator[Path]:
-    """Route the in-process server's logging into project.root/logs/ftpd.log for one test."""
-    import logging
+def log_records() -> Iterator[LogRecords]:
+    """Every log record of the in-process server (INFO and up), to wait for with a deadline.
 
+    Its handler is the root logger's last, so when it sees a record the ``log_file``
+    handler has already written it: waiting here is also waiting for the file.
+    """
+    root, ftpd_logger = logging.getLogger(), logging.getLogger("ftpd")
+    records = LogRecords()
+    level = ftpd_logger.level
+    if ftpd_logger.getEffectiveLevel() > logging.INFO:
+        ftpd_logger.setLevel(logging.INFO)
+    root.addHandler(records)
+    yield records
+    root.removeHandler(records)
+    ftpd_logger.setLevel(level)
+
+
+@pytest.fixture
+def log_file(project: Project, log_records: LogRecords) -> Iterator[Path]:
+    """Route the in-process server's logging into project.root/logs/ftpd.log for one test.
+
+    A line is in the file once ``log_records.wait_for`` has seen its record.
+    """
     from ftpd.logs import setup_logging
 
     root = logging.getLogger()
     before, level = list(root.handlers), root.level
     setup_logging(project.root / "logs", "INFO", stderr=False)
+    root.removeHandler(log_records)  # back to the end: after the file handler
+    root.addHandler(log_records)
     yield project.root / "logs" / "ftpd.log"
     for handler in [h for h in root.handlers if h not in before]:
         root.removeHandler(handler)
@@ -200,6 +224,46 @@ def client(server: RunningServer) -> Iterator[Connection]:
 # --- the daemon as a process (signals, SIGKILL) ---------------------------------------
 
 
+class StderrLines:
+    """A process's stderr, read line by line by a thread that wakes every waiter per line."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self.ended = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        try:
+            for line in stream:
+                with self._changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+        finally:
+            with self._changed:
+                self.ended = True
+                self._changed.notify_all()
+
+    def wait_for(self, regex: re.Pattern[str], timeout: float, start: int = 0) -> str | None:
+        """The first line from ``start`` on matching ``regex``; None at the deadline or EOF."""
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if regex.search(line):
+                        return line
+                seen = max(seen, len(self.lines))
+                remaining = deadline - time.monotonic()
+                if self.ended or remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
 class DaemonProcess:
     """``python -m ftpd serve`` on port 0; the port is read from its LISTENING line."""
 
@@ -208,10 +272,14 @@ class DaemonProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
-        self.lines: list[str] = []
+        self._stderr: StderrLines | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        """The stderr lines of the current (or last) run, as read so far."""
+        return self._stderr.lines if self._stderr is not None else []
 
     def start(self, timeout: float = 20.0) -> "DaemonProcess":
-        self.lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ftpd", "serve", "--config", str(self.project.config_path)],
             stdout=subprocess.DEVNULL,
@@ -220,35 +288,24 @@ class DaemonProcess:
             env=self.env,
             cwd=self.project.root,
         )
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._listening = threading.Event()
-        self._reader.start()
-        if not self._listening.wait(timeout):
+        self._stderr = StderrLines(self.proc.stderr)  # a new list: a restart starts afresh
+        listening = re.compile(r"LISTENING host=\S+ port=(\d+)")
+        line = self._stderr.wait_for(listening, timeout)
+        if line is None:
             self.kill()
             raise RuntimeError("daemon did not start:\n" + "\n".join(self.lines))
+        self.port = int(listening.search(line).group(1))  # type: ignore[union-attr]
         return self
 
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            match = re.search(r"LISTENING host=\S+ port=(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                self._listening.set()
-
     def wait_for_line(self, pattern: str, timeout: float = 20.0, start: int = 0) -> str:
-        """Block until a stderr line matches (polling the collected lines)."""
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            for line in self.lines[start:]:
-                if regex.search(line):
-                    return line
-            if self.proc is not None and self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines[-50:]))
+        """Block until a stderr line from index ``start`` on matches (woken per line read)."""
+        assert self._stderr is not None, "the daemon was not started"
+        line = self._stderr.wait_for(re.compile(pattern), timeout, start)
+        if line is None:
+            raise AssertionError(
+                f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines[-50:])
+            )
+        return line
 
     def connect(self, timeout: float = 10.0) -> Connection:
         return Connection("127.0.0.1", self.port, timeout=timeout)
@@ -265,7 +322,8 @@ class DaemonProcess:
     def wait(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         code = self.proc.wait(timeout)
-        self._reader.join(timeout=5)
+        if self._stderr is not None:
+            self._stderr.join(timeout=5)  # every line the process wrote is in self.lines
         return code
 
     def kill(self) -> None:

@@ -4,8 +4,11 @@ client would (no ``ftp_client`` in the way)."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
 import struct
+import threading
 import time
 from typing import Any
 
@@ -49,7 +52,57 @@ def call(sock: socket.socket, cmd: str, **args: Any) -> dict[str, Any]:
 
 
 def wait_until(predicate: Any, timeout: float = TIMEOUT) -> None:
+    """Poll a condition nothing signals (a server counter, a file's size) with a deadline.
+
+    Not for log lines: wait for those with ``LogRecords.wait_for``.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)  # polling an external condition, not synchronising
+
+
+class LogRecords(logging.Handler):
+    """Collects log records and lets a test wait for one, woken by each new record.
+
+    The server logs a command's line after sending its answer, so a test that has its
+    answer may still be ahead of the line: ``wait_for`` blocks (with a deadline) until a
+    matching record arrives instead of reading too early or sleeping.
+    """
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def messages(self, start: int = 0) -> list[str]:
+        with self._changed:
+            return [record.getMessage() for record in self.records[start:]]
+
+    def mark(self) -> int:
+        """A position to pass as ``start``: only records emitted after it will match."""
+        with self._changed:
+            return len(self.records)
+
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT, start: int = 0) -> str:
+        """The first message from ``start`` on that matches ``pattern`` (``re.search``)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._changed:
+            while True:
+                for record in self.records[seen:]:
+                    message = record.getMessage()
+                    if regex.search(message):
+                        return message
+                seen = max(seen, len(self.records))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    got = "\n".join(r.getMessage() for r in self.records[-50:])
+                    raise AssertionError(f"no log record matching {pattern!r}; got:\n{got}")
+                self._changed.wait(remaining)

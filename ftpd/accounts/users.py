@@ -6,6 +6,7 @@ users.py").  This module must never log, return or store a plaintext password.
 
 from __future__ import annotations
 
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ CONTEXT = CryptContext(
     deprecated="auto",
 )
 
-_USER_FIELDS = {"password", "quota", "disabled"}
+_USER_FIELDS = {"password", "quota", "max_files", "disabled"}
 MAX_NAME = 64
 
 
@@ -62,23 +63,64 @@ def is_known_hash(value: str) -> bool:
     return getattr(parsed, "checksum", None) is not None
 
 
-_dummy_costs: dict[int, list[float]] = {}  # per context (tests swap in cheap ones)
+_DUMMY_SECRET = "not a password; only its verification cost matters"
+_WARM_UP_SAMPLES = 2  # timed verifications when a context is first used (after its hash)
+_WINDOW = 9  # the most recent timings kept; their median is what a failure costs
 
 
-def _dummy_verify() -> None:
-    """``CONTEXT.dummy_verify()``, timed: the cost every failure is padded to."""
-    started = time.perf_counter()
-    CONTEXT.dummy_verify()
-    costs = _dummy_costs.setdefault(id(CONTEXT), [])
-    costs.append(time.perf_counter() - started)
-    del costs[:-9]  # the last few are enough for a median
+class _DummyCost:
+    """The cost of one password verification under a context, and a hash to spend it on.
+
+    Measured up front (``_dummy_cost`` runs when a ``UserStore`` is built), so the first
+    failed login already costs what later ones do: passlib's own ``dummy_verify`` makes
+    its dummy hash lazily, which made the first failure cost a hash *and* a verify, and
+    the first padding target was that inflated figure.  Every later dummy verification
+    adds a sample, so the target follows the machine's load.
+    """
+
+    def __init__(self, context: CryptContext) -> None:
+        self.context = context
+        self.hash = context.hash(_DUMMY_SECRET)  # also loads the scheme's backend: untimed
+        self._lock = threading.Lock()
+        self._samples: list[float] = []
+        for _ in range(_WARM_UP_SAMPLES):
+            self.verify(_DUMMY_SECRET)
+
+    def verify(self, password: str) -> None:
+        """Verify ``password`` against the dummy hash (the outcome is irrelevant), timed."""
+        started = time.perf_counter()
+        try:
+            self.context.verify(password, self.hash)
+        except (ValueError, TypeError):
+            pass  # refused before hashing, as it would be against a real hash
+        else:
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self._samples.append(elapsed)
+                del self._samples[:-_WINDOW]
+
+    def seconds(self) -> float:
+        """The median of the recent timings: what every failure is padded to."""
+        with self._lock:
+            samples = sorted(self._samples)
+        return samples[len(samples) // 2]
 
 
-def _dummy_verify_s() -> float:
-    if not _dummy_costs.get(id(CONTEXT)):
-        _dummy_verify()
-    costs = sorted(_dummy_costs[id(CONTEXT)])
-    return costs[len(costs) // 2]
+# Per context object (tests swap in cheaper ones); holding the context keeps its id unique.
+_dummy_costs: dict[int, _DummyCost] = {}
+_dummy_costs_lock = threading.Lock()
+
+
+def _dummy_cost() -> _DummyCost:
+    """The measured dummy verification of the current ``CONTEXT``, measuring it if new."""
+    context = CONTEXT
+    cost = _dummy_costs.get(id(context))
+    if cost is None or cost.context is not context:
+        with _dummy_costs_lock:  # one measurement even if sessions ask at once
+            cost = _dummy_costs.get(id(context))
+            if cost is None or cost.context is not context:
+                cost = _dummy_costs[id(context)] = _DummyCost(context)
+    return cost
 
 
 @dataclass(frozen=True)
@@ -87,6 +129,7 @@ class User:
     password_hash: str
     quota_bytes: int | None  # None: unlimited
     disabled: bool = False
+    max_files: int | None = None  # files and folders; None: unlimited
 
 
 class UserStore:
@@ -98,6 +141,7 @@ class UserStore:
     def __init__(self, users: dict[str, User], path: Path | None = None) -> None:
         self.users = users
         self.path = path
+        _dummy_cost()  # measured now (once per context), not during the first failed login
 
     def __len__(self) -> int:
         return len(self.users)
@@ -108,23 +152,30 @@ class UserStore:
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if the password matches and the account is enabled, else None.
 
-        An unknown or disabled user costs a ``dummy_verify`` (the default scheme and
-        cost).  A wrong password against a cheaper hash (an old scheme, a low cost) is
-        padded to that same cost, so no failure answers faster than a name that does
-        not exist.
+        Every failure costs the same, the first one since start included: an unknown or
+        disabled user spends a verification against a dummy hash of the default scheme and
+        cost; a wrong password spends one against the user's hash, and when that was much
+        cheaper (an old scheme, a low cost) a dummy verification as well, so that it slows
+        down with a busy machine exactly as the others do; then every failure is padded to
+        the measured cost of a dummy verification (``_DummyCost``).  Success is not padded.
         """
         started = time.perf_counter()
+        dummy = _dummy_cost()
         user = self.users.get(name)
         if user is None or user.disabled:
-            _dummy_verify()
-            return None
-        try:
-            ok = CONTEXT.verify(password, user.password_hash)
-        except (ValueError, TypeError):
+            dummy.verify(password)
             ok = False
-        if not ok:
-            time.sleep(max(0.0, _dummy_verify_s() - (time.perf_counter() - started)))
-        return user if ok else None
+        else:
+            try:
+                ok = CONTEXT.verify(password, user.password_hash)
+            except (ValueError, TypeError):
+                ok = False
+            if not ok and time.perf_counter() - started < dummy.seconds() / 2:
+                dummy.verify(password)  # work, not just sleep: CPU contention slows it too
+        if ok:
+            return user
+        time.sleep(max(0.0, dummy.seconds() - (time.perf_counter() - started)))
+        return None
 
     @classmethod
     def load(cls, path: Path) -> "UserStore":
@@ -183,9 +234,12 @@ def _parse_user(doc: yamldoc.Doc, name: object, fields: object, problems: list) 
             quota = parse_size(fields["quota"])
         except ValueError as exc:
             problems.append(doc.problem(str(exc), *key, "quota"))
+    max_files = fields.get("max_files")
+    if max_files is not None and (type(max_files) is not int or max_files < 0):
+        problems.append(doc.problem("must be a whole number of files and folders", *key, "max_files"))
     disabled = fields.get("disabled", False)
     if not isinstance(disabled, bool):
         problems.append(doc.problem("must be true or false", *key, "disabled"))
     if len(problems) > before:
         return None
-    return User(str(name), str(password), quota, bool(disabled))
+    return User(str(name), str(password), quota, bool(disabled), max_files)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ftpd import config as config_mod
 from ftpd.admin import useredit
-from ftpd.quota import scan_usage
 from ftpd.accounts.users import UserStore, check_name, hash_password
+from ftpd.storage.local import LocalStorage
 from ftpd.units import format_size, parse_size
 
 
@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction, default_config: Path) -> None:
     )
     quota.add_argument("name")
     quota.add_argument("size")
+    quota.add_argument(
+        "--files", metavar="N", help="at most N files and folders ('none' for unlimited)"
+    )
     quota.set_defaults(func=_quota)
 
     for verb, flag in (("disable", True), ("enable", False)):
@@ -112,11 +115,23 @@ def _passwd(args: argparse.Namespace) -> int:
     return status
 
 
+def _checked_files(text: str | None) -> int | None | bool:
+    if text is None:
+        return False  # not given: leave the file quota as it is
+    if text.lower() in ("none", "unlimited"):
+        return None
+    if not text.isdigit():
+        raise SystemExit(f"ftpd: --files takes a whole number of files, or 'none' (not {text!r})")
+    return int(text)
+
+
 def _quota(args: argparse.Namespace) -> int:
     _, path = _users_file(args)
-    status = _run(useredit.set_quota, path, args.name, _checked_size(args.size))
+    size, files = _checked_size(args.size), _checked_files(args.files)
+    status = _run(useredit.set_quota, path, args.name, size, files)
     if not status:
-        print(f"quota of {args.name} set to {args.size}; reload the daemon to apply")
+        shown = args.size if files is False else f"{args.size} and {args.files} files"
+        print(f"quota of {args.name} set to {shown}; reload the daemon to apply")
     return status
 
 
@@ -136,13 +151,15 @@ def _delete(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     cfg, path = _users_file(args)
     store = UserStore.load(path)
-    print(f"{'USER':<20} {'USED':>12} {'QUOTA':>12} {'USE%':>5}  STATE")
+    storage = LocalStorage(cfg.home_root)
+    # New columns go last, so scripts reading the older ones by position keep working.
+    print(f"{'USER':<20} {'USED':>12} {'QUOTA':>12} {'USE%':>5}  {'STATE':<8} {'FILES':>9} MAX_FILES")
     for name in sorted(store.users):
         user = store.users[name]
-        home = cfg.home_root / name
-        used = scan_usage(home) if home.is_dir() else 0
+        used, files, _ = storage.tree(name).usage()  # by descriptor: no path hides bytes
         limit = "unlimited" if user.quota_bytes is None else format_size(user.quota_bytes)
         pct = "-" if not user.quota_bytes else f"{100 * used // user.quota_bytes}%"
+        most = "-" if user.max_files is None else str(user.max_files)
         state = "disabled" if user.disabled else "enabled"
-        print(f"{name:<20} {format_size(used):>12} {limit:>12} {pct:>5}  {state}")
+        print(f"{name:<20} {format_size(used):>12} {limit:>12} {pct:>5}  {state:<8} {files:>9} {most}")
     return 0

@@ -65,9 +65,18 @@ def set_password(path: Path, name: str, password_hash: str) -> None:
     _edit(Path(path), name, {"password": DoubleQuotedScalarString(password_hash)})
 
 
-def set_quota(path: Path, name: str, quota: str | int | None) -> None:
-    """Set the quota as given (``"1GiB"`` or an int); ``None`` removes it (= unlimited)."""
-    _edit(Path(path), name, {"quota": quota})
+def set_quota(
+    path: Path, name: str, quota: str | int | None, max_files: int | None | bool = False
+) -> None:
+    """Set the quota as given (``"1GiB"`` or an int); ``None`` removes it (= unlimited).
+
+    ``max_files``: an int sets the file quota, ``None`` removes it, ``False`` (the
+    default) leaves it as it is.
+    """
+    change: dict[str, Any] = {"quota": quota}
+    if max_files is not False:
+        change["max_files"] = max_files
+    _edit(Path(path), name, change)
 
 
 def set_disabled(path: Path, name: str, disabled: bool) -> None:

@@ -1,13 +1,15 @@
-"""One session per connection: read frames, dispatch through COMMANDS, run ``cmd_*``.
+"""The framed protocol's session: read frames, dispatch through COMMANDS, run ``cmd_*``.
 
-This is where protocol, jail, users and quota meet (pyftpdlib's ``FramedSession``).  Session
-state (user, jail with its cwd) lives on the handler instance, which socketserver makes
-per connection and runs in that connection's thread; shared state is on ``self.server``.
+One ``FramedSession`` per connection (socketserver makes it and runs it in that
+connection's thread).  It speaks the wire and nothing else: logins go to
+``core.login.Accounts``, files to a ``core.files.FileService``, limits and graceful stop
+to ``core.runtime.Runtime``, all reached through ``self.server.services``.
 
 Dispatch never calls ``getattr`` on client text: the name must be a key of
 ``protocol.COMMANDS`` first, and only then is ``cmd_<name>`` looked up.  Every failure is
-turned into an error response here and only here; a bug becomes a logged traceback, a
-500 and a closed connection, never a traceback on the wire or in another session.
+turned into an error response here and only here (the service errors carry their wire
+code); a bug becomes a logged traceback, a 500 and a closed connection, never a traceback
+on the wire or in another session.
 """
 
 from __future__ import annotations
@@ -16,19 +18,13 @@ import contextlib
 import json
 import logging
 import os
-import posixpath
 import socket
 import socketserver
-import stat as stat_mod
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftpd import store
 
-from ftpd.framed import protocol
-
-from ftpd.framed import streams
+from ftpd.framed import protocol, streams
 from ftpd.errors import (
     ConflictError,
     FTPError,
@@ -40,7 +36,8 @@ from ftpd.errors import (
     UnavailableError,
     from_oserror,
 )
-from ftpd.jail import PARTIAL_PREFIX, RESERVED, Jail
+from ftpd.core.files import FileService
+from ftpd.storage.base import Entry
 from ftpd.logs import clean
 from ftpd.framed.protocol import OK, Request, Response
 from ftpd.framed.transfer import receive_upload, send_download
@@ -65,11 +62,11 @@ class FramedSession(socketserver.BaseRequestHandler):
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = streams.SocketReader(self.sock)
         self.user: str | None = None
-        self.jail: Jail | None = None
+        self.files: FileService | None = None
         self.closing = False
         self.busy = False  # inside a command (the server's graceful stop waits for these)
         self._pending_body = 0
-        self.server.register(self)
+        self.server.runtime.register(self)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -112,7 +109,7 @@ class FramedSession(socketserver.BaseRequestHandler):
                 self._dropped(exc)
             finally:
                 self.busy = False
-            if self.server.stopping:
+            if self.server.runtime.stopping:
                 if not self.closing:
                     self.closing = True
                     self.farewell("the server is shutting down")
@@ -141,7 +138,7 @@ class FramedSession(socketserver.BaseRequestHandler):
             self.sock.settimeout(idle)
 
     def finish(self) -> None:
-        self.server.unregister(self)
+        self.server.runtime.unregister(self)
         if self.sock is not self.request:
             self.sock.close()  # the TLS wrapper; socketserver closes the raw socket
         logger.info("DISCONNECT ip=%s user=%s", self.ip, self.user)
@@ -200,9 +197,7 @@ class FramedSession(socketserver.BaseRequestHandler):
     def _check_account(self) -> None:
         if self.user is None:
             raise NotLoggedInError("log in first")
-        account = self.server.users.get(self.user)
-        if account is None or account.disabled:
-            raise UnavailableError("your account was removed or disabled")
+        self.server.services.accounts.check(self.user)
 
     def respond(self, response: Response, body: bytes = b"", log: bool = True) -> None:
         """Send a response (and a small body) for the command being dispatched, and log it.
@@ -237,7 +232,7 @@ class FramedSession(socketserver.BaseRequestHandler):
             frame, body = protocol.encode(protocol.error_response(InternalError())), b""
         self.sock.sendall(frame + body if body else frame)
 
-    def farewell(self, reason: str) -> None:
+    def farewell(self, reason: str) -> None:  # part of core.runtime.Session
         """Tell an idle session why it is being closed (called from another thread).
 
         One non-blocking send of a small frame: it never waits on a client that does not
@@ -254,153 +249,86 @@ class FramedSession(socketserver.BaseRequestHandler):
         except OSError:
             pass
 
-    def account(self):  # type: ignore[no-untyped-def]
-        """The current user's record (re-read each time: a reload may change the quota)."""
-        account = self.server.users.get(self.user or "")
-        if account is None:
-            raise UnavailableError("your account was removed")
-        return account
+    def interrupt(self) -> None:
+        """Cut the connection (another thread: a takeover, or a stop past its grace)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     # --- commands: session ------------------------------------------------------------
 
     def cmd_login(self, request: Request) -> Response:
         if self.user is not None:
             raise ConflictError("already logged in")
-        name, password = request.args["user"], request.args["password"]
-        throttle = self.server.throttle
-        throttle.check(name, self.ip)
-        account = self.server.users.authenticate(name, password)
-        if account is None:
-            delay = throttle.failed(name, self.ip)
-            logger.warning("LOGIN FAILED user='%s' ip=%s", clean(name, 64), self.ip)
-            time.sleep(delay)  # the brake: a growing wait before the answer
-            raise LoginFailedError("login incorrect")
-        throttle.succeeded(name, self.ip)
-        home = self.server.home_of(account.name)
-        self.user, self.jail = account.name, Jail(home)
-        logger.info("LOGIN OK user='%s' ip=%s", clean(account.name), self.ip)
-        return Response(True, OK, f"welcome, {account.name}", data={"cwd": "/"})
+        services = self.server.services
+        context = services.accounts.login(request.args["user"], request.args["password"], self.ip)
+        self.files = FileService(context, services.accounts, services.runtime)
+        self.files.interrupt = self.interrupt
+        self.user = context.name
+        return Response(True, OK, f"welcome, {context.name}", data={"cwd": "/"})
 
     def cmd_quit(self, request: Request) -> Response:
         self.closing = True
         return Response(True, protocol.BYE, "goodbye")
 
+    @property
+    def _files(self) -> FileService:
+        if self.files is None:
+            raise NotLoggedInError("log in first")
+        return self.files
+
     def cmd_pwd(self, request: Request) -> Response:
-        return Response(True, OK, str(self._jail.cwd), data={"cwd": str(self._jail.cwd)})
+        cwd = self._files.pwd()
+        return Response(True, OK, cwd, data={"cwd": cwd})
 
     def cmd_cd(self, request: Request) -> Response:
-        cwd = self._jail.chdir(request.args["path"])
+        cwd = self._files.cd(request.args["path"])
         return Response(True, OK, cwd, data={"cwd": cwd})
 
     def cmd_quota(self, request: Request) -> Response:
-        used, reserved = self.server.ledger(self.user or "").usage(rescan=True)
-        limit = self.account().quota_bytes
-        free = None if limit is None else max(0, limit - used - reserved)
-        data = {"used": used, "limit": limit, "reserved": reserved, "available": free}
+        info = self._files.quota()
+        usage = info.usage
+        data = {
+            "used": usage.used,
+            "limit": info.limit,
+            "reserved": usage.reserved,
+            "available": info.available,
+            "files": usage.entries,
+            "max_files": info.max_files,
+            "reserved_files": usage.reserved_entries,
+        }
         return Response(True, OK, "quota", data=data)
-
-    @property
-    def _jail(self) -> Jail:
-        if self.jail is None:
-            raise NotLoggedInError("log in first")
-        return self.jail
 
     # --- commands: browsing -----------------------------------------------------------
 
     def cmd_ls(self, request: Request) -> None:
-        vpath = request.args.get("path", "")
-        real = self._jail.existing(vpath)
-        show_all = request.args.get("all", False)
-        if real.is_dir():
-            at_root = real == self._jail.root
-            with os.scandir(real) as it:
-                found = [
-                    e for e in it
-                    if not (at_root and e.name == RESERVED)
-                    and not e.name.startswith(PARTIAL_PREFIX)
-                    and (show_all or not e.name.startswith("."))
-                ]
-            found.sort(key=lambda e: e.name)
-            lines = [_entry_line(e.path, e.name, self._jail) for e in found]
-        else:
-            lines = [_entry_line(str(real), real.name, self._jail)]
-        body = "".join(lines).encode("utf-8")
-        data = {"path": str(self._jail.normalize(vpath)), "count": len(lines)}
-        self.respond(Response(True, OK, f"{len(lines)} entries", data=data, body=len(body)), body)
+        shown, entries = self._files.listing(request.args.get("path", ""), request.args.get("all", False))
+        body = "".join(_entry_line(e) for e in entries).encode("utf-8")
+        data = {"path": shown, "count": len(entries)}
+        self.respond(Response(True, OK, f"{len(entries)} entries", data=data, body=len(body)), body)
 
     def cmd_stat(self, request: Request) -> Response:
-        real = self._jail.existing(request.args["path"])
-        vpath = self._jail.normalize(request.args["path"])
-        # The name the client used: not a link's target, nor the home's real name for "/".
-        entry = _describe(real, vpath.name or "/", self._jail)
-        entry["path"] = str(vpath)
-        if entry["type"] == "file":  # the recorded digest only: stat never hashes a file
-            with store.open_regular(real) as f:
-                known = store.recorded_digest(f.fileno(), os.fstat(f.fileno()), protocol.DEFAULT_DIGEST)
-            if known:
-                entry["checksum"] = known
-        return Response(True, OK, entry["type"], data=entry)
+        shown, entry, checksum = self._files.stat(request.args["path"])
+        data = _describe(entry)
+        data["path"] = shown
+        if checksum:
+            data["checksum"] = checksum
+        return Response(True, OK, entry.kind, data=data)
 
     def cmd_mkdir(self, request: Request) -> Response:
-        vpath = request.args["path"]
-        real = self._jail.resolve(vpath)
-        if request.args.get("parents"):
-            if real.exists() and not real.is_dir():
-                raise ConflictError(f"{self._jail.normalize(vpath)}: exists and is not a directory")
-            os.makedirs(real, exist_ok=True)
-        else:
-            os.mkdir(real)
-        return Response(True, OK, f"created {self._jail.normalize(vpath)}")
+        shown = self._files.mkdir(request.args["path"], bool(request.args.get("parents")))
+        return Response(True, OK, f"created {shown}")
 
     def cmd_rm(self, request: Request) -> Response:
-        vpath = request.args["path"]
-        real = self._jail.resolve_entry(vpath)
-        shown = self._jail.normalize(vpath)
-        ledger = self.server.ledger(self.user or "")
-        try:
-            st = os.lstat(real)
-        except FileNotFoundError:
-            # No file, but maybe an interrupted upload to that name: rm gives it up.
-            count, freed = store.discard_partials(self._jail.root, real)
-            if not count:
-                raise
-            ledger.adjust(-freed)
-            return Response(True, OK, f"removed the interrupted upload of {shown}")
-        if stat_mod.S_ISDIR(st.st_mode):
-            raise ConflictError(f"{shown}: is a directory (use rmdir)")
-        os.unlink(real)
-        freed = st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
-        freed += store.discard_partials(self._jail.root, real)[1]
-        ledger.adjust(-freed)
-        return Response(True, OK, f"removed {shown}")
+        message = self._files.rm(request.args["path"], bool(request.args.get("recursive")))
+        return Response(True, OK, message)
 
     def cmd_rmdir(self, request: Request) -> Response:
-        vpath = request.args["path"]
-        real = self._jail.resolve_entry(vpath)
-        if not stat_mod.S_ISDIR(os.lstat(real).st_mode):
-            raise ConflictError(f"{self._jail.normalize(vpath)}: not a directory")
-        os.rmdir(real)
-        if self._jail.cwd.is_relative_to(self._jail.normalize(vpath)):
-            self._jail.cwd = self._jail.normalize(vpath).parent
-        return Response(True, OK, f"removed {self._jail.normalize(vpath)}")
+        return Response(True, OK, f"removed {self._files.rmdir(request.args['path'])}")
 
     def cmd_mv(self, request: Request) -> Response:
-        jail = self._jail
-        src = jail.resolve_entry(request.args["src"])
-        src_st = os.lstat(src)  # must exist: 404 otherwise
-        dst_v = request.args["dst"]
-        if jail.resolve(dst_v).is_dir():  # like mv(1): into an existing directory
-            dst_v = posixpath.join(str(jail.normalize(dst_v)), src.name)
-        dst = jail.resolve_entry(dst_v)
-        if stat_mod.S_ISDIR(src_st.st_mode) and dst.is_relative_to(src):
-            raise ConflictError("cannot move a directory into itself")
-        freed = store.regular_size(dst) if dst != src else 0
-        os.rename(src, dst)
-        if freed:
-            self.server.ledger(self.user or "").adjust(-freed)
-        return Response(True, OK, f"moved to {jail.normalize(dst_v)}")
+        return Response(True, OK, f"moved to {self._files.mv(request.args['src'], request.args['dst'])}")
 
-    # --- commands: transfers (the mechanics are in ftpd.framed.transfer) ---------------------
+    # --- commands: transfers (the wire side is in ftpd.framed.transfer) ---------------
 
     def cmd_put(self, request: Request) -> None:
         return receive_upload(self, request)
@@ -428,30 +356,16 @@ def _display_name(name: str) -> tuple[str, bool]:
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _entry_line(real: str, name: str, jail: Jail) -> str:
+def _entry_line(entry: Entry) -> str:
     """One ``ls`` body line (JSON and a newline)."""
-    return _ENCODE(_describe(real, name, jail)) + "\n"
+    return _ENCODE(_describe(entry)) + "\n"
 
 
-def _describe(real: str | Path, name: str, jail: Jail) -> dict[str, Any]:
-    """One listing entry.  A symlink is shown as its target only if that stays inside."""
-    shown, undecodable = _display_name(name)
-    entry: dict[str, Any] = {"name": shown}
+def _describe(entry: Entry) -> dict[str, Any]:
+    """One listing entry on the wire (docs/protocol.md §5.3)."""
+    shown, undecodable = _display_name(entry.name)
+    described: dict[str, Any] = {"name": shown}
     if undecodable:
-        entry["undecodable"] = True
-    try:
-        st = os.lstat(real)
-        if stat_mod.S_ISLNK(st.st_mode):
-            target = os.path.realpath(real)
-            if jail.contains(target) and os.path.exists(target):
-                st = os.stat(target)
-            else:
-                entry.update(type="link", size=0, mtime=st.st_mtime)
-                return entry
-    except OSError:
-        entry.update(type="unknown", size=0, mtime=0)
-        return entry
-    mode = st.st_mode
-    kind = "dir" if stat_mod.S_ISDIR(mode) else "file" if stat_mod.S_ISREG(mode) else "other"
-    entry.update(type=kind, size=st.st_size if kind == "file" else 0, mtime=st.st_mtime)
-    return entry
+        described["undecodable"] = True
+    described.update(type=entry.kind, size=entry.size, mtime=entry.mtime, mode=entry.mode)
+    return described

@@ -248,13 +248,13 @@ def test_admin_missing_config_exits_1(ftpd: Run, tmp_path: Path) -> None:
 
 _ROW = re.compile(
     r"^(?P<name>\S+)\s+(?P<used>\d+(?:\.\d)? \S+)\s+(?P<quota>unlimited|\d+(?:\.\d)? \S+)"
-    r"\s+(?P<pct>\d+%|-)\s+(?P<state>enabled|disabled)$"
+    r"\s+(?P<pct>\d+%|-)\s+(?P<state>enabled|disabled)\s+(?P<files>\d+)\s+(?P<max_files>\d+|-)$"
 )
 
 
 def _rows(out: str) -> dict[str, dict[str, str]]:
     lines = out.splitlines()
-    assert lines[0].split() == ["USER", "USED", "QUOTA", "USE%", "STATE"]
+    assert lines[0].split() == ["USER", "USED", "QUOTA", "USE%", "STATE", "FILES", "MAX_FILES"]
     rows = {}
     for line in lines[1:]:
         match = _ROW.match(line)
@@ -285,6 +285,8 @@ def test_admin_list_shows_real_usage_against_quota(user_cmd: Run, project: Proje
         "quota": "10 MiB",
         "pct": "10%",
         "state": "enabled",
+        "files": "1",
+        "max_files": "-",
     }
     assert (rows["carol"]["used"], rows["carol"]["quota"], rows["carol"]["pct"]) == (
         "768 KiB",

@@ -22,7 +22,7 @@ import pytest
 from ftp_client import transfer as client_transfer
 from ftp_client.connection import ConnectError, Connection
 from ftpd import errors
-from ftpd.store import PARTIAL_DIR
+from ftpd.storage.local import PARTIAL_DIR
 from tests.conftest import DaemonProcess, Project
 
 MiB = 1024 * 1024

@@ -228,7 +228,7 @@ def test_handler_socketless_removed_account_is_421_at_next_command(ftp_server, p
     assert code(p.call("pwd")) == (200, "ok")
     users = {n: {"password": FAST.hash(pw)} for n, pw in PASSWORDS.items() if n != "alice"}
     project.write_users(users)
-    ftp_server.set_users(UserStore.load(ftp_server.config.users_file))
+    ftp_server.services.accounts.set_users(UserStore.load(ftp_server.config.users_file))
     assert code(p.call("pwd")) == (421, "unavailable")
     assert p.ended()
 

@@ -169,14 +169,19 @@ def _failregex() -> re.Pattern[str]:
     return re.compile(rule.group(1).strip().replace("<HOST>", r"(?P<host>\S+)"))
 
 
-def test_limits_failed_login_logged_for_fail2ban_without_password(server_factory, log_file):
+def test_limits_failed_login_logged_for_fail2ban_without_password(
+    server_factory, log_file, log_records
+):
     srv = server_factory(**LOCKING)
     secret_wrong, secret_right = "hunter2-WRONG-pw", PASSWORDS["alice"]
     assert code(login(srv, "mallory", secret_wrong)) == (430, "login_failed")
     assert code(login(srv, "alice", secret_wrong)) == (430, "login_failed")
     assert code(login(srv, "alice", secret_right)) == (200, "ok")
-    # The per-command lines are written just after the reply: wait for all three.
-    wait_until(lambda: log_file.read_text().count(" login user=") >= 3)
+    # The per-command lines are written just after the reply: wait for the last one (one
+    # session thread per login, so wait for each); once seen, the file holds it.
+    for user in ("mallory", "alice"):
+        log_records.wait_for(rf"CMD .* login user={user} .*-> 430 ")
+    log_records.wait_for(r"CMD .* login user=alice .*-> 200 ")
     text = log_file.read_text(encoding="utf-8")
     assert "LOGIN FAILED user='mallory' ip=127.0.0.1" in text
     assert "LOGIN FAILED user='alice' ip=127.0.0.1" in text
@@ -196,10 +201,10 @@ def test_limits_failed_login_logged_for_fail2ban_without_password(server_factory
         "a\rb\x1b[2Jc ip=6.6.6.6",
     ],
 )
-def test_limits_user_name_cannot_forge_log_lines(server_factory, log_file, name):
+def test_limits_user_name_cannot_forge_log_lines(server_factory, log_file, log_records, name):
     srv = server_factory(**LOCKING)
     assert code(login(srv, name, "pw")) == (430, "login_failed")
-    wait_until(lambda: " login user=" in log_file.read_text(encoding="utf-8"))
+    log_records.wait_for(r"CMD .* login user=")  # written just after the reply
     text = log_file.read_text(encoding="utf-8")
     lines = text.splitlines()
     assert all(line.startswith("20") for line in lines), lines  # every line is a record

@@ -10,7 +10,6 @@ sleeping to synchronise; the test polls the partial's size with a deadline.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import random
 import re
@@ -24,10 +23,11 @@ from typing import Any, Callable
 import pytest
 
 from ftpd.framed.protocol import Data, Request
-from ftpd.store import PARTIAL_DIR
+from ftpd.storage.local import PARTIAL_DIR
 from ftp_client import transfer
 from ftp_client.connection import Connection
 from tests.conftest import PASSWORDS, DaemonProcess, RunningServer
+from tests.support import LogRecords
 
 MiB = 1024 * 1024
 BIG = 30 * MiB + 123
@@ -178,10 +178,14 @@ def workdir(tmp_path: Path) -> Path:
     return folder
 
 
-def log_from(daemon: DaemonProcess, verb: str, path: str, size: int) -> int:
-    # The command's one log line: "CMD ... user=bob put path=P ... -> 200 ok (...) PUT size=N from=K"
+def log_from(daemon: DaemonProcess, verb: str, path: str, size: int, start: int = 0) -> int:
+    """The resume offset in the command's one log line, waited for from line ``start`` on.
+
+    "CMD ... user=bob put path=P ... -> 200 ok (...) PUT size=N from=K": the daemon
+    writes it after answering, so the client may have exited before it is read.
+    """
     pattern = rf"user=bob {verb.lower()} path={re.escape(path.lstrip('/'))} .* {verb} size={size} from=\d+"
-    line = daemon.wait_for_line(pattern)
+    line = daemon.wait_for_line(pattern, start=start)
     return int(re.search(r"from=(\d+)", line).group(1))  # type: ignore[union-attr]
 
 
@@ -205,6 +209,7 @@ def test_resume_put_after_client_sigkill(
     assert proc.returncode == -signal.SIGKILL
     assert visible(home) == []  # nothing under the real name
     assert len(server_partials(home)) == 1
+    mark = len(daemon.lines)
     status, out, err = client.run("put big.bin; ls")
 
     assert status == 0, err
@@ -216,7 +221,7 @@ def test_resume_put_after_client_sigkill(
     assert 0 < resumed_at < BIG
     assert f"resuming upload of big.bin at byte {resumed_at}" in err
     assert match.group(2) == md5(data)
-    assert log_from(daemon, "PUT", "/big.bin", BIG) == resumed_at
+    assert log_from(daemon, "PUT", "/big.bin", BIG, start=mark) == resumed_at
     assert (home / "big.bin").read_bytes() == data
     assert server_partials(home) == []
     assert "big.bin" in out.splitlines()[-1]
@@ -241,6 +246,7 @@ def test_resume_get_after_client_sigkill(
     assert sorted(p.name for p in workdir.iterdir()) == [partial_name]  # not under big.bin
     kept = (workdir / partial_name).stat().st_size
     assert 0 < kept < BIG
+    mark = len(daemon.lines)
     status, out, err = client.run("get big.bin")
 
     assert status == 0, err
@@ -248,8 +254,7 @@ def test_resume_get_after_client_sigkill(
     assert f"resuming download of big.bin at byte {kept}" in err
     assert (workdir / "big.bin").read_bytes() == data
     assert sorted(p.name for p in workdir.iterdir()) == ["big.bin"]
-    lines = [line for line in daemon.lines if re.search(r"user=bob get path=big\.bin .* GET size=", line)]
-    assert [int(re.search(r"from=(\d+)", x).group(1)) for x in lines][-1] == kept  # type: ignore[union-attr]
+    assert log_from(daemon, "GET", "big.bin", BIG, start=mark) == kept
 
 
 def test_resume_put_after_daemon_sigkill_and_restart(
@@ -280,7 +285,7 @@ def test_resume_put_after_daemon_sigkill_and_restart(
     kept = partial_size(server_partials(home))
     assert 0 < kept < BIG
 
-    daemon.start()
+    daemon.start()  # a new process: its lines start afresh
     status, out, err = client.run("put big.bin")
 
     assert status == 0, err
@@ -324,7 +329,7 @@ def test_resume_put_after_connection_cut_sends_only_the_rest(
     server: RunningServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    log_records: LogRecords,
 ) -> None:
     data = payload(5 * MiB + 11, seed=4)
     src = tmp_path / "src.bin"
@@ -333,14 +338,16 @@ def test_resume_put_after_connection_cut_sends_only_the_rest(
     counts = spy_body(monkeypatch)
     notices: list[str] = []
     conn = server.login("alice")
+    mark = log_records.mark()
 
-    with caplog.at_level(logging.INFO, logger="ftpd"):
-        result = transfer.put_file(conn, src, "f.bin", notice=notices.append)
+    result = transfer.put_file(conn, src, "f.bin", notice=notices.append)
 
     assert result.offset == 3 * MiB and not result.restarted
     assert counts == [len(data) - 3 * MiB]
     assert notices == [f"resuming upload of f.bin at byte {3 * MiB} of {len(data)}"]
-    assert f"size={len(data)} from={3 * MiB} " in caplog.text
+    # The server logs the put just after answering it: wait for the line, do not race it.
+    line = log_records.wait_for(r"user=alice put path=f\.bin .* PUT size=", start=mark)
+    assert f"size={len(data)} from={3 * MiB} " in line
     home = server.project.home("alice")
     assert (home / "f.bin").read_bytes() == data
     assert server_partials(home) == []

@@ -416,6 +416,8 @@ def test_session_quota_counts_real_bytes(server, project):
     assert data["available"] == 10 * MiB - 3345
     (home / "d" / "c").write_bytes(b"c" * 5)  # placed by hand while logged in
     put_inline(conn, "e", b"e" * 100)
+    assert conn.call("quota").data["used"] == 3445  # the ledger: no walk per `quota`
+    server.server.services.ledgers.recount_all()  # what a reload does
     data = conn.call("quota").data
     assert data["used"] == 3450
     assert data["available"] == 10 * MiB - 3450

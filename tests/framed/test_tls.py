@@ -26,6 +26,7 @@ from ftp_client.connection import ConnectError, Connection, tls_context
 from ftp_client.transfer import INLINE_MAX, get_file, put_file
 from ftpd import daemon as daemon_mod
 from ftpd.framed import protocol
+from ftpd.core.services import Services
 from ftpd.framed.server import FramedServer
 from ftpd.accounts.users import UserStore
 from tests.conftest import PASSWORDS, DaemonProcess, Project
@@ -77,7 +78,9 @@ def tls_server_factory(project: Project, ca: trustme.CA) -> Iterator[Callable[..
         cfg = project.load()
         assert cfg.tls is not None and cfg.tls.cert == cert
         server = FramedServer(
-            cfg, UserStore.load(cfg.users_file), ssl_context=daemon_mod.tls_context(cfg)
+            cfg,
+            Services.build(cfg, UserStore.load(cfg.users_file)),
+            ssl_context=daemon_mod.tls_context(cfg),
         )
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -21,7 +21,7 @@ from ftpd import errors
 
 from ftpd.framed import protocol
 from ftpd.framed.protocol import Data, End, Request
-from ftpd.store import PARTIAL_DIR
+from ftpd.storage.local import PARTIAL_DIR
 from ftp_client import transfer
 from ftp_client.connection import Connection
 from ftp_client.shell import Session, Shell

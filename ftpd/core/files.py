@@ -1,0 +1,542 @@
+"""A user's view of their files, for every front end: paths, listings, changes, transfers.
+
+One ``FileService`` per session.  It keeps the session's virtual working directory,
+turns a client's path into the parts below the home (``..`` stops at ``/``, the reserved
+names are refused), asks the storage tree to act, and keeps the quota ledger in step
+inside each operation: an ``Upload`` owns its partial, its hasher, its reservation and
+its claim on the target and settles them in ``commit`` or ``abort``; front ends never
+add or subtract quota themselves.
+
+This module must never see a frame, a reply code or a socket, and never touch the disk
+except through the storage tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
+from typing import Any
+
+from ftpd.core.login import Accounts, UserContext
+from ftpd.core.runtime import Runtime
+from ftpd.errors import (
+    BadRequestError,
+    ChecksumError,
+    ConflictError,
+    FTPError,
+    InvalidPathError,
+    NotFoundError,
+    PathEscapeError,
+    PermissionDeniedError,
+    from_oserror,
+)
+from ftpd.state.base import Claim, Reservation, Usage
+from ftpd.storage.base import Entry, Parts, Reader, Removed, StoredUpload, is_reserved
+
+logger = logging.getLogger(__name__)
+
+#: Digests a transfer may use; md5 is the default and the one every upload records.
+DIGESTS = ("md5", "sha1", "blake2b")
+DEFAULT_DIGEST = "md5"
+MAX_VPATH = 4096
+MAX_NAME = 255
+# Cc (C0, DEL, C1), Cs (lone surrogates) and the backslash, in one pass.
+_BAD_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\\\\\ud800-\udfff]")
+
+
+def check_text(vpath: str) -> None:
+    """Refuse NUL, control characters, lone surrogates, backslashes and over-long names.
+
+    Raises:
+        InvalidPathError: with the reason.
+    """
+    if len(vpath) > MAX_VPATH:
+        raise InvalidPathError("path too long")
+    bad = _BAD_TEXT.search(vpath)
+    if bad:
+        if bad.group() == "\\":
+            # Not a separator on POSIX, but a trap for Windows clients and for logs.
+            raise InvalidPathError("path contains a backslash")
+        raise InvalidPathError("path contains a control character or NUL")
+    if len(vpath) > MAX_NAME // 4:  # shorter text cannot hold a name over 255 bytes
+        for name in vpath.split("/"):
+            if len(name.encode("utf-8")) > MAX_NAME:
+                raise InvalidPathError("file name too long")
+
+
+def new_hasher(digest: str = DEFAULT_DIGEST) -> Any:
+    """A fresh hash object for a transfer digest name.
+
+    Raises:
+        BadRequestError: not one of ``DIGESTS``.
+    """
+    if digest not in DIGESTS:
+        raise BadRequestError(f"unsupported digest {digest!r}; use one of {DIGESTS}")
+    return hashlib.new(digest, usedforsecurity=False)
+
+
+def virtual(parts: Parts) -> str:
+    return "/" + "/".join(parts)
+
+
+@contextlib.contextmanager
+def about(shown: str) -> Iterator[None]:
+    """Name the client's own path in errors from below (never a real path)."""
+    try:
+        yield
+    except FTPError as exc:
+        if not exc.message.startswith(shown + ":"):
+            exc.message = f"{shown}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
+    except OSError as exc:
+        raise from_oserror(exc, shown) from None
+
+
+@dataclass(frozen=True)
+class QuotaInfo:
+    """What ``quota`` reports: the ledger's counts, the limits, the unfinished uploads."""
+
+    usage: Usage
+    limit: int | None
+    max_files: int | None
+    partials: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def available(self) -> int | None:
+        if self.limit is None:
+            return None
+        return max(0, self.limit - self.usage.used - self.usage.reserved)
+
+
+class FileService:
+    """One session's files.  Owned by that session's thread; shares the ledger, the
+    claims and the storage with every other session of the user."""
+
+    def __init__(self, user: UserContext, accounts: Accounts, runtime: Runtime) -> None:
+        self.user = user
+        self.accounts = accounts
+        self.runtime = runtime
+        self.tree = user.tree
+        self.ledger = user.ledger
+        self.cwd = PurePosixPath("/")
+
+    # --- paths ------------------------------------------------------------------------
+
+    def normalize(self, vpath: str) -> PurePosixPath:
+        """Join with the cwd and fold ``.``, ``..`` and ``//``; ``..`` stops at ``/``.
+
+        Raises:
+            InvalidPathError: NUL, control characters, too long.
+            PathEscapeError: the reserved names.
+        """
+        check_text(vpath)
+        joined = vpath if vpath.startswith("/") else f"{self.cwd}/{vpath}"
+        parts: list[str] = []
+        for part in joined.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+                continue
+            parts.append(part)
+        if is_reserved(tuple(parts)):
+            raise PathEscapeError("that name is reserved for the server's partial files")
+        return PurePosixPath("/", *parts)
+
+    def parts(self, vpath: str) -> Parts:
+        return self.normalize(vpath).parts[1:]
+
+    def resolve(self, vpath: str, follow: bool = True) -> tuple[str, Parts, Entry | None]:
+        """Both locations of ``vpath``: the client's (folded) and the real one below the
+        home (links resolved), and what is there (None: nothing yet)."""
+        shown = str(self.normalize(vpath))
+        with about(shown):
+            found = self.tree.lookup(self.parts(vpath), follow)
+        return shown, found.parts, found.entry
+
+    def _existing(self, vpath: str) -> tuple[str, Parts, Entry]:
+        shown, parts, entry = self.resolve(vpath)
+        if entry is None:
+            raise NotFoundError(f"{shown}: no such file or directory")
+        return shown, parts, entry
+
+    # --- browsing ---------------------------------------------------------------------
+
+    def pwd(self) -> str:
+        return str(self.cwd)
+
+    def cd(self, vpath: str) -> str:
+        """Change the working directory to an existing folder; returns the new one."""
+        shown, parts, entry = self._existing(vpath)
+        if entry.kind != "dir":
+            raise NotFoundError(f"{shown}: not a directory")
+        cwd = virtual(parts)
+        check_text(cwd)  # e.g. a folder whose name is not valid UTF-8
+        self.cwd = PurePosixPath(cwd)
+        return cwd
+
+    def listing(self, vpath: str, show_all: bool = False) -> tuple[str, list[Entry]]:
+        """A folder's entries sorted by name (dot files only with ``show_all``), or the
+        one entry of a file, named as the client named it."""
+        shown, parts, entry = self._existing(vpath)
+        if entry.kind != "dir":
+            return shown, [replace(entry, name=PurePosixPath(shown).name or "/")]
+        with about(shown):
+            found = [e for e in self.tree.listdir(parts) if show_all or not e.name.startswith(".")]
+        found.sort(key=lambda e: e.name)
+        return shown, found
+
+    def stat(self, vpath: str) -> tuple[str, Entry, str | None]:
+        """One entry, named as the client named it, and its recorded md5 (never computed)."""
+        shown, parts, entry = self._existing(vpath)
+        entry = replace(entry, name=PurePosixPath(shown).name or "/")
+        checksum = None
+        if entry.kind == "file":
+            with about(shown), contextlib.suppress(FTPError):
+                reader = self.tree.open_read(parts)
+                try:
+                    checksum = reader.recorded_digest(DEFAULT_DIGEST)
+                finally:
+                    reader.close()
+        return shown, entry, checksum
+
+    # --- changes ----------------------------------------------------------------------
+
+    def mkdir(self, vpath: str, parents: bool = False) -> str:
+        """Make a folder (``parents``: and the missing ones above; an existing folder is
+        fine).  Each new folder counts against ``max_files``."""
+        shown = str(self.normalize(vpath))
+        parts = self.parts(vpath)
+        if not parts:
+            if parents:
+                return shown
+            raise ConflictError("/: already exists")
+        held = self.ledger.reserve(0, 0, self.accounts.limits(self.user.name))
+        made = 0
+
+        def before_create(n: int) -> None:
+            nonlocal made
+            held.take_entries(n)
+            made += n
+
+        try:
+            with about(shown):
+                self.tree.mkdir(parts, parents, before_create)
+        except ConflictError as exc:
+            if parents:
+                raise ConflictError(f"{shown}: exists and is not a directory") from None
+            raise exc
+        finally:
+            held.close(0, made)
+        return shown
+
+    def rm(self, vpath: str, recursive: bool = False) -> str:
+        """Remove a file or link (or a whole folder with ``recursive``); on a name that
+        only an interrupted upload holds, give that upload up.  Returns a message."""
+        shown = str(self.normalize(vpath))
+        parts = self.parts(vpath)
+        if not parts:
+            raise PermissionDeniedError("/: that is your home")
+        removed = [0, 0]
+
+        def tally(r: Removed) -> None:
+            removed[0] += r.nbytes
+            removed[1] += r.entries
+
+        try:
+            with about(shown):
+                self.tree.remove(parts, recursive, tally)
+        except NotFoundError:
+            dropped = self.tree.discard_partials(parts)
+            if not dropped.entries:
+                raise
+            self.ledger.adjust(-dropped.nbytes, 0)
+            return f"removed the interrupted upload of {shown}"
+        finally:
+            self.ledger.adjust(-removed[0], -removed[1])
+        dropped = self.tree.discard_partials(parts)
+        self.ledger.adjust(-dropped.nbytes, 0)
+        if recursive and removed[1] > 1:
+            return f"removed {shown} ({removed[1]} entries)"
+        return f"removed {shown}"
+
+    def rmdir(self, vpath: str) -> str:
+        shown = self.normalize(vpath)
+        parts = shown.parts[1:]
+        if not parts:
+            raise PermissionDeniedError("/: that is your home")
+        with about(str(shown)):
+            self.tree.rmdir(parts)
+        self.ledger.adjust(0, -1)
+        if self.cwd.is_relative_to(shown):
+            self.cwd = shown.parent
+        return str(shown)
+
+    def mv(self, src: str, dst: str) -> str:
+        """Rename or move; into ``dst`` if it is a folder (like mv(1)).  Returns the new
+        virtual path."""
+        src_v = self.normalize(src)
+        if not src_v.parts[1:]:
+            raise PermissionDeniedError("/: that is your home")
+        dst_shown, dst_parts, dst_entry = self.resolve(dst)
+        if dst_entry is not None and dst_entry.kind == "dir":
+            dst_parts = (*dst_parts, src_v.name)
+            dst_shown = str(PurePosixPath(dst_shown) / src_v.name)
+        else:
+            dst_parts = self.parts(dst)
+        with about(str(src_v)):
+            replaced = self.tree.rename(src_v.parts[1:], dst_parts)
+        self.ledger.adjust(-replaced.nbytes, -replaced.entries)
+        return dst_shown
+
+    def set_mtime(self, vpath: str, mtime: float) -> None:
+        shown, parts, _ = self._existing(vpath)
+        with about(shown):
+            self.tree.set_mtime(parts, mtime)
+
+    def quota(self) -> QuotaInfo:
+        """The ledger's counts (no walk of the home) and the unfinished uploads."""
+        account = self.accounts.check(self.user.name)
+        partials = [
+            {"path": virtual(p.parts), "size": p.held, "expected": p.expected, "mtime": p.mtime}
+            for p in self.tree.partials()
+        ]
+        return QuotaInfo(self.ledger.usage(), account.quota_bytes, account.max_files, partials)
+
+    # --- transfers ------------------------------------------------------------------
+
+    def upload(
+        self, vpath: str, size: int, digest: str = DEFAULT_DIGEST, resume: bool = True
+    ) -> Upload:
+        """Begin an upload of ``size`` bytes: claim the target, find or make its partial,
+        reserve the room it still needs.  The caller writes, then commits or aborts.
+
+        Raises:
+            NotFoundError: the folder does not exist.
+            ConflictError: the target is a folder, or another session is uploading it.
+            QuotaExceededError: the rest does not fit.
+        """
+        hasher = new_hasher(digest)
+        shown = str(self.normalize(vpath))
+        for _ in range(3):
+            with about(shown):
+                found = self.tree.lookup(self.parts(vpath))
+            if found.entry is not None and found.entry.kind == "dir":
+                raise ConflictError(f"{shown}: is a directory")
+            key = f"{self.user.name}/{'/'.join(found.parts)}"
+            claim = self.runtime.claim(key, self._interrupt)
+            try:
+                with about(shown):
+                    stored = self.tree.begin_upload(found.parts, size, resume)
+            except BaseException:
+                claim.release()
+                raise
+            if stored.parts == found.parts:
+                return Upload(self, stored, claim, shown, size, digest, hasher)
+            stored.close()  # the path moved between the lookup and the claim: again
+            claim.release()
+        raise ConflictError(f"{shown}: the path keeps changing; try again")
+
+    #: Set by the front end: how a takeover stops this session's stalled upload.
+    interrupt: Callable[[], None] | None = None
+
+    def _interrupt(self) -> None:
+        if self.interrupt is not None:
+            self.interrupt()
+
+    def download(self, vpath: str, digest: str = DEFAULT_DIGEST) -> Download:
+        """Open a file for download with its digest (recorded, or computed once).
+
+        Raises:
+            NotFoundError, ConflictError: missing, a folder, not a regular file.
+        """
+        new_hasher(digest)
+        shown = str(self.normalize(vpath))
+        with about(shown):
+            reader = self.tree.open_read(self.parts(vpath))
+        return Download(self, reader, shown, digest)
+
+
+class Upload:
+    """One upload in one session thread: partial, hasher, reservation and claim.
+
+    ``write`` hashes and stores; after a write error it keeps the error and discards
+    the rest, so a front end can read the body to its end and still answer (a full disk
+    gives its space back at once).  ``commit`` verifies and installs; ``abort`` keeps
+    the partial for a resume.  Either settles the quota and releases the claim.
+    """
+
+    def __init__(
+        self,
+        files: FileService,
+        stored: StoredUpload,
+        claim: Claim,
+        shown: str,
+        size: int,
+        digest: str,
+        hasher: Any,
+    ) -> None:
+        self.files, self.stored, self.claim = files, stored, claim
+        self.shown, self.size, self.digest, self.hasher = shown, size, digest, hasher
+        self.offset = stored.offset
+        self.started = time.monotonic()
+        self.error: OSError | None = None
+        self._delta = -stored.freed  # net bytes this upload added on disk
+        self._done = False
+        self._prefix_hashed = False
+        self._transfer = files.runtime.transfer()
+        new_entry = 0 if stored.target_exists else 1
+        try:
+            limits = files.accounts.limits(files.user.name)
+            self.reservation: Reservation = files.ledger.reserve(size - self.offset, new_entry, limits)
+        except BaseException:
+            self._release(settle=False)
+            raise
+        self._transfer.__enter__()
+
+    def prefix_checksum(self) -> str | None:
+        """The digest of the bytes already held (a resume), or None when there are none."""
+        if not self.offset:
+            return None
+        if not self._prefix_hashed:
+            with about(self.shown):
+                self.stored.read_prefix(self.hasher)
+            self._prefix_hashed = True
+        return str(self.hasher.copy().hexdigest())
+
+    def restart(self) -> None:
+        """The client's source changed: drop what is held and start from byte 0."""
+        with about(self.shown):
+            dropped = self.stored.restart()
+        self._delta -= dropped
+        self.reservation.grow(self.offset)
+        self.offset = 0
+        self.hasher = new_hasher(self.digest)
+        self._prefix_hashed = False
+
+    def write(self, data: memoryview) -> None:
+        """Hash and store the next bytes (see the class docstring for errors)."""
+        if self.offset and not self._prefix_hashed:
+            self.prefix_checksum()
+        self.hasher.update(data)
+        self.claim.touch()
+        if self.error is not None:
+            return
+        try:
+            self._delta += self.stored.write(data)
+        except OSError as exc:
+            self.error = exc
+            if exc.errno in _DISK_FULL:  # give the space back now, not after the body
+                with contextlib.suppress(OSError):
+                    self._delta -= self.stored.restart()
+
+    def commit(
+        self, checksum: str | None = None, mtime: float | None = None
+    ) -> str:
+        """Verify the whole-file digest (if the client sent one) and install the file.
+
+        Returns the digest; the file is durable under its name when this returns.
+
+        Raises:
+            ChecksumError: the digests differ; the partial is deleted.
+            OSError: a write failed earlier (a full disk deletes the partial).
+        """
+        try:
+            if self.offset and not self._prefix_hashed:
+                self.prefix_checksum()
+            if self.error is not None:
+                if self.error.errno in _DISK_FULL:
+                    self._delta -= self.stored.discard()
+                raise from_oserror(self.error, self.shown)
+            actual = str(self.hasher.hexdigest())
+            if checksum is not None and actual != checksum:
+                self._delta -= self.stored.discard()
+                raise ChecksumError(
+                    f"{self.shown}: {self.digest} mismatch (sent {checksum}, received "
+                    f"{actual}); nothing was installed",
+                    received=actual,
+                )
+            with about(self.shown):
+                self._delta -= self.stored.commit(self.digest, actual, mtime)
+            self._done = True
+            return actual
+        finally:
+            self._release(settle=True)
+
+    def abort(self) -> None:
+        """Stop here; what was written stays as a partial for a resume."""
+        self._release(settle=True)
+
+    def _release(self, settle: bool) -> None:
+        if getattr(self, "_released", False):
+            return
+        self._released = True
+        try:
+            if settle:
+                self._transfer.__exit__(None, None, None)
+                added = 1 if self._done and not self.stored.target_exists else 0
+                self.reservation.close(self._delta, added)
+            elif self._delta:
+                self.files.ledger.adjust(self._delta, 0)
+        finally:
+            self.stored.close()
+            self.claim.release()
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class Download:
+    """One download in one session thread: the open file and its whole-file digest."""
+
+    def __init__(self, files: FileService, reader: Reader, shown: str, digest: str) -> None:
+        self.reader = reader
+        self.shown = shown
+        self.digest = digest
+        self.size = reader.size
+        self.mtime = reader.mtime
+        self._transfer = files.runtime.transfer()
+        self._transfer.__enter__()
+        try:
+            with about(shown):
+                self.checksum = reader.digest(digest)
+        except BaseException:
+            self.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.reader.fileno()
+
+    # read and seek: what socket.sendfile falls back to on a TLS socket
+    def read(self, size: int = -1) -> bytes:
+        return self.reader.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.reader.seek(offset, whence)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self._transfer.__exit__(None, None, None)
+            self.reader = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

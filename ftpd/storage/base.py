@@ -1,0 +1,133 @@
+"""The storage interface: trees of named entries, and uploads that appear whole or not at all.
+
+A ``Storage`` hands out one ``Tree`` per root (a user's home; storage does not know it is
+one).  Every path given to a tree is a tuple of names below its root, already folded by
+the caller: no ``""``, ``"."`` or ``".."`` from the client survives to here.  A tree
+resolves such a path once per operation and acts on what it resolved, so that nothing a
+concurrent operation does can redirect it outside the root (docs/architecture.md).
+
+This module must never know about users, sessions, quotas or any wire protocol; it only
+defines the shapes that ``ftpd.core`` uses and that each backend implements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+#: The daemon's bookkeeping folder at the top of every root; never reachable by a path.
+RESERVED = ".ftpd"
+#: Prefix of partials kept beside their target (a mount inside a home); never reachable.
+PARTIAL_PREFIX = ".ftpd-part."
+
+Parts = tuple[str, ...]
+
+
+def is_reserved(parts: Parts) -> bool:
+    """``.ftpd`` at the top of a root, or a ``.ftpd-part.*`` name anywhere."""
+    return bool(parts) and (
+        parts[0] == RESERVED or any(p.startswith(PARTIAL_PREFIX) for p in parts)
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a tree says about one name.  ``kind``: file, dir, link, other or unknown.
+
+    A ``link`` entry is a symbolic link whose target is not inside the root (or missing):
+    its target is never described.  ``mode`` holds the permission bits only.
+    """
+
+    name: str
+    kind: str
+    size: int
+    mtime: float
+    mode: int = 0
+
+
+@dataclass(frozen=True)
+class Found:
+    """The outcome of a lookup: where the path really is, and what is there (or None)."""
+
+    parts: Parts
+    entry: Entry | None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What an operation took away: bytes of regular files, and entries (files + dirs)."""
+
+    nbytes: int = 0
+    entries: int = 0
+
+
+@dataclass(frozen=True)
+class PartialInfo:
+    """An unfinished upload: its target, bytes held, declared size, last write time."""
+
+    parts: Parts
+    held: int
+    expected: int
+    mtime: float
+
+
+class Reader(Protocol):
+    """An open file for a download.  Owned by the caller, closed with ``close()``."""
+
+    size: int
+    mtime: float
+
+    def fileno(self) -> int: ...
+    def readinto(self, buf: memoryview | bytearray) -> int: ...
+    def read(self, size: int = -1) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+    def recorded_digest(self, digest: str) -> str | None: ...
+    def digest(self, digest: str) -> str: ...
+    def close(self) -> None: ...
+
+
+class StoredUpload(Protocol):
+    """The bytes of one upload at rest: a partial that takes the target's name on commit.
+
+    It holds on to the target's folder from the start (``begin_upload``) and installs
+    into that folder, whatever happens to the path meanwhile.
+    """
+
+    parts: Parts
+    offset: int  # bytes already held from an earlier, interrupted upload of this size
+    freed: int  # bytes of stale partials (other sizes) removed when it began
+    target_exists: bool
+
+    def read_prefix(self, hasher: object) -> None: ...
+    def restart(self) -> int: ...
+    def write(self, data: memoryview) -> int: ...
+    def commit(self, digest: str, hexdigest: str, mtime: float | None) -> int: ...
+    def discard(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Tree(Protocol):
+    """One root's entries.  Safe to use from several threads at once."""
+
+    def ensure(self) -> None: ...
+    def lookup(self, parts: Parts, follow: bool = True) -> Found: ...
+    def listdir(self, parts: Parts) -> Iterator[Entry]: ...
+    def mkdir(self, parts: Parts, parents: bool, before_create: Callable[[], None]) -> int: ...
+    def remove(
+        self, parts: Parts, recursive: bool = False, on_removed: Callable[[Removed], None] = ...
+    ) -> Removed: ...
+    def rmdir(self, parts: Parts) -> None: ...
+    def rename(self, src: Parts, dst: Parts) -> Removed: ...
+    def set_mtime(self, parts: Parts, mtime: float) -> None: ...
+    def open_read(self, parts: Parts) -> Reader: ...
+    def begin_upload(self, parts: Parts, size: int, resume: bool) -> StoredUpload: ...
+    def partials(self) -> Iterator[PartialInfo]: ...
+    def discard_partials(self, parts: Parts) -> Removed: ...
+    def usage(self) -> tuple[int, int, bool]: ...
+
+
+class Storage(Protocol):
+    """A backend: hands out trees by root name (``home_root/NAME`` on a local disk)."""
+
+    def tree(self, root: str) -> Tree: ...
