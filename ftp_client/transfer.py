@@ -6,31 +6,45 @@ restarts from zero, never splices), then stream the rest while hashing it and se
 whole-file digest last.  Download: bytes land in a local partial named after the
 remote digest (``.NAME.<digest>.ftpd-part``); only a whole-file match renames it.
 
+Both directions can keep the modification time (``preserve``, the ``-p`` of put and get).
+An upload refused with ``409 conflict`` because another session is still uploading to
+the same name waits and retries for up to ``BUSY_WAIT_S`` (the daemon hands a silent
+upload over after its ``takeover_after``, 15 s by default).  A Ctrl-C that arrives after
+the whole file was sent does not throw the server's answer away: if the file was stored,
+``Interrupted`` carries that result.
+
 This module must never leave a file under its real name that failed verification.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import posixpath
 import stat as stat_mod
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from ftpd import errors
-
-from ftpd.framed import protocol
-
-from ftpd.framed import streams
-from ftpd.framed.protocol import Data, End, Request
 from ftp_client.connection import Connection
+from ftpd import errors
+from ftpd.framed import protocol, streams
+from ftpd.framed.protocol import Data, End, Request
 
 #: Files up to this size go in one frame with their digest (no resume needed).
 INLINE_MAX = 1024 * 1024
 SEND_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".ftpd-part"
+#: How long an upload refused as "being uploaded by another session" keeps retrying.
+BUSY_WAIT_S = 20.0
+#: After a Ctrl-C with every byte sent, how long to wait for the server's verdict.
+INTERRUPT_GRACE_S = 5.0
+# The clock and the pause between retries (tests replace them: no real waiting there).
+_clock = time.monotonic
+_sleep = time.sleep
 
 
 class Progress(Protocol):
@@ -63,6 +77,76 @@ class Result:
     offset: int
     checksum: str
     restarted: bool = False
+    #: The modification time given to the copy (``preserve``), else None.
+    mtime: float | None = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C came after every byte was sent, and the server answered anyway.
+
+    ``result`` is set when the server stored the file; ``error`` when it refused it.
+    Being a KeyboardInterrupt, it still stops whatever loop it crosses.
+    """
+
+    def __init__(self, result: Result | None = None, error: errors.FTPError | None = None) -> None:
+        super().__init__()
+        self.result, self.error = result, error
+
+
+def _discard(bar: Progress) -> None:
+    """A failed transfer's bar is wiped (if the bar knows how), not left at its figure."""
+    discard = getattr(bar, "discard", None)
+    if discard is not None:
+        discard()
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A 409 meaning "another session is uploading this name right now" (worth a retry)."""
+    if not isinstance(exc, errors.ConflictError):
+        return False
+    text = exc.message.lower()
+    return "retry_after" in exc.data or any(
+        hint in text for hint in ("another session", "being uploaded", "another upload", "in progress")
+    )
+
+
+def valid_time(value: object) -> float | None:
+    """A modification time as the protocol allows it (0 .. MAX_TIME_S, finite), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    if not math.isfinite(value) or not 0 <= value <= protocol.MAX_TIME_S:
+        return None
+    return value
+
+
+def _await_answer(conn: Connection) -> tuple[Any, bool]:
+    """The server's answer to a fully sent upload; (response, True) if Ctrl-C came first.
+
+    The bytes are all with the server, so its verdict is what counts: wait a little for
+    it.  With no verdict in time the interrupt goes on as a plain KeyboardInterrupt; a
+    refusal comes back as ``Interrupted(error=...)``.
+    """
+    try:
+        return conn.read_response(), False
+    except KeyboardInterrupt:
+        pass
+    timeout = conn.sock.gettimeout()
+    try:
+        conn.sock.settimeout(INTERRUPT_GRACE_S)
+        try:
+            response = conn.read_response()
+        finally:
+            conn.sock.settimeout(timeout)
+    except errors.FTPError as exc:
+        if exc.fatal or isinstance(exc, streams.ConnectionClosed):
+            conn.close()
+            raise KeyboardInterrupt from None
+        raise Interrupted(error=exc) from None
+    except (OSError, KeyboardInterrupt):
+        conn.close()
+        raise KeyboardInterrupt from None
+    return response, True
 
 
 # --- upload -------------------------------------------------------------------------
@@ -75,23 +159,64 @@ def put_file(
     progress: ProgressFactory = no_progress,
     notice: Callable[[str], None] = lambda _m: None,
     digest: str = protocol.DEFAULT_DIGEST,
+    preserve: bool = False,
 ) -> Result:
     """Upload ``local`` to ``remote``, resuming a partial the server holds for it.
 
     ``digest`` is the protocol's per-transfer digest (md5 unless negotiated otherwise).
+    ``preserve`` sends the local modification time (``mtime``) for the server to keep.
+    While another session is uploading to the same name, waits up to ``BUSY_WAIT_S``.
     """
+    deadline, pause = None, 0.5
+    while True:
+        try:
+            return _put_once(conn, local, remote, progress, notice, digest, preserve)
+        except errors.ConflictError as exc:
+            if not is_busy(exc):
+                raise
+            now = _clock()
+            if deadline is None:
+                deadline = now + BUSY_WAIT_S
+                notice(
+                    f"{remote} is being uploaded by another session; "
+                    f"waiting up to {BUSY_WAIT_S:.0f} s for it to finish"
+                )
+            if now >= deadline:
+                raise errors.ConflictError(
+                    f"{remote}: still being uploaded by another session after "
+                    f"{BUSY_WAIT_S:.0f} s; try again later"
+                ) from None
+            _sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 2.0)
+
+
+def _put_once(conn, local, remote, progress, notice, digest, preserve) -> Result:  # type: ignore[no-untyped-def]
     with open(local, "rb") as f:
         size = _regular_size(f, local)
+        mtime = _local_time(f, local, notice) if preserve else None
         if size <= INLINE_MAX:
             bar = progress(remote, size, 0)
             try:
-                _send_inline(conn, f, size, local, remote, digest)
-                response = conn.read_response()
+                _send_inline(conn, f, size, local, remote, digest, mtime)
+                response, interrupted = _await_answer(conn)
                 bar.update(size)
+            except BaseException:
+                _discard(bar)
+                raise
             finally:
                 bar.close()
-            return Result(remote, size, 0, response.data["checksum"])
-        return _put_stream(conn, f, size, remote, progress, notice, digest)
+            result = Result(remote, size, 0, response.data["checksum"], mtime=mtime)
+            if interrupted:
+                raise Interrupted(result)
+            return result
+        return _put_stream(conn, f, size, remote, progress, notice, digest, mtime)
+
+
+def _local_time(f: Any, local: Path, notice: Callable[[str], None]) -> float | None:
+    mtime = valid_time(os.fstat(f.fileno()).st_mtime)
+    if mtime is None:
+        notice(f"{local}: its modification time cannot be sent (before 1970?); not kept")
+    return mtime
 
 
 def put_many(
@@ -101,31 +226,48 @@ def put_many(
     notice: Callable[[str], None] = lambda _m: None,
     window: int = 32,
     digest: str = protocol.DEFAULT_DIGEST,
+    preserve: bool = False,
+    done: Callable[[Result, int, int], None] | None = None,
 ) -> list[Result]:
     """Upload many files, keeping up to ``window`` small (inline) puts in flight.
 
     The daemon answers in order, so small files are sent without waiting for each
     answer (pipelining): client and daemon work at the same time instead of in turn.
     Large files go one at a time through ``put_file`` (resumable).  Stops at the first
-    failure, after collecting the answers already in flight, and raises it.
+    failure, after collecting the answers already in flight, and raises it.  A small
+    file refused because another session is uploading it is retried through
+    ``put_file`` (which waits) once the pipeline is drained.
+
+    ``done(result, index, count)`` is told of each stored file; without it each one is
+    a notice ``[index/count] remote``.
     """
     results: list[Result] = []
-    in_flight: list[tuple[str, int]] = []
+    in_flight: list[tuple[Path, str, int, float | None]] = []
+    busy: list[tuple[Path, str]] = []
     failure: errors.FTPError | None = None
+
+    def finished(result: Result) -> None:
+        results.append(result)
+        if done is not None:
+            done(result, len(results), len(pairs))
+        else:
+            notice(f"[{len(results)}/{len(pairs)}] {result.path}")
 
     def collect(keep: int) -> None:
         nonlocal failure
         while len(in_flight) > keep:
-            remote, size = in_flight.pop(0)
+            local, remote, size, mtime = in_flight.pop(0)
             try:
                 response = conn.read_response()
             except errors.FTPError as exc:
                 if exc.fatal or isinstance(exc, streams.ConnectionClosed):
                     raise
-                failure = failure or exc
+                if is_busy(exc):
+                    busy.append((local, remote))
+                else:
+                    failure = failure or exc
                 continue
-            results.append(Result(remote, size, 0, response.data["checksum"]))
-            notice(f"[{len(results)}/{len(pairs)}] {remote}")
+            finished(Result(remote, size, 0, response.data["checksum"], mtime=mtime))
 
     try:
         for local, remote in pairs:
@@ -136,13 +278,15 @@ def put_many(
                 if size > INLINE_MAX:
                     collect(0)
                     if failure is None:
-                        results.append(put_file(conn, local, remote, progress, notice, digest))
-                        notice(f"[{len(results)}/{len(pairs)}] {remote}")
+                        finished(put_file(conn, local, remote, progress, notice, digest, preserve))
                     continue
-                _send_inline(conn, f, size, local, remote, digest)
-            in_flight.append((remote, size))
+                mtime = _local_time(f, local, notice) if preserve else None
+                _send_inline(conn, f, size, local, remote, digest, mtime)
+            in_flight.append((local, remote, size, mtime))
             collect(window - 1)
         collect(0)
+        for local, remote in busy if failure is None else []:
+            finished(put_file(conn, local, remote, progress, notice, digest, preserve))
     except BaseException:
         if in_flight:  # answers still unread: this connection is out of step for good
             conn.close()
@@ -159,7 +303,9 @@ def _regular_size(f: Any, local: Path) -> int:
     return st.st_size
 
 
-def _send_inline(conn: Connection, f: Any, size: int, local: Path, remote: str, digest: str) -> None:
+def _send_inline(
+    conn: Connection, f: Any, size: int, local: Path, remote: str, digest: str, mtime: float | None = None
+) -> None:
     """One frame holding the whole (small) file and its digest; the answer is read later."""
     data = f.read(size + 1)
     if len(data) != size:
@@ -169,6 +315,8 @@ def _send_inline(conn: Connection, f: Any, size: int, local: Path, remote: str, 
     args = {"path": remote, "size": size, "checksum": hasher.hexdigest()}
     if digest != protocol.DEFAULT_DIGEST:
         args["digest"] = digest
+    if mtime is not None:
+        args["mtime"] = mtime
     conn.send(Request("put", args, size), data)
 
 
@@ -177,13 +325,13 @@ def _arg(digest: str) -> str | None:
     return None if digest == protocol.DEFAULT_DIGEST else digest
 
 
-def _put_stream(conn, f, size, remote, progress, notice, digest) -> Result:  # type: ignore[no-untyped-def]
+def _put_stream(conn, f, size, remote, progress, notice, digest, mtime=None) -> Result:  # type: ignore[no-untyped-def]
     # A resumed upload's 150 comes after the daemon re-hashed its partial (up to ``size``
     # bytes): allow for that at a conservative 50 MB/s on top of the usual timeout.
     timeout = conn.sock.gettimeout()
     conn.sock.settimeout(None if timeout is None else timeout + size / 50e6)
     try:
-        ready = conn.call("put", path=remote, size=size, digest=_arg(digest))
+        ready = conn.call("put", path=remote, size=size, digest=_arg(digest), mtime=mtime)
     finally:
         conn.sock.settimeout(timeout)
     offset = int(ready.data.get("offset", 0))
@@ -202,11 +350,17 @@ def _put_stream(conn, f, size, remote, progress, notice, digest) -> Result:  # t
     bar = progress(remote, size, start)
     try:
         _send_body(conn, f, size - start, hasher, bar)
+        conn.send(End(hasher.hexdigest()))
+        response, interrupted = _await_answer(conn)
+    except BaseException:
+        _discard(bar)
+        raise
     finally:
         bar.close()
-    conn.send(End(hasher.hexdigest()))
-    response = conn.read_response()
-    return Result(remote, size, start, response.data["checksum"], restarted)
+    result = Result(remote, size, start, response.data["checksum"], restarted, mtime)
+    if interrupted:
+        raise Interrupted(result)
+    return result
 
 
 def _send_body(conn: Connection, f: Any, count: int, hasher: Any, bar: Progress) -> None:
@@ -259,8 +413,15 @@ def get_file(
     progress: ProgressFactory = no_progress,
     notice: Callable[[str], None] = lambda _m: None,
     digest: str = protocol.DEFAULT_DIGEST,
+    preserve: bool = False,
+    known_mtime: float | None = None,
 ) -> Result:
-    """Download ``remote`` to ``local`` via a verified partial; resume a matching partial."""
+    """Download ``remote`` to ``local`` via a verified partial; resume a matching partial.
+
+    ``preserve`` gives the copy the remote modification time: the ``get`` answer's
+    ``mtime`` if the server sends one, else ``known_mtime`` (from a listing), else a
+    ``stat`` after the download.
+    """
     if local.is_dir():
         raise errors.ConflictError(f"{local}: is a directory")
     olds = sorted(_partials(local), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -290,6 +451,9 @@ def get_file(
         bar = progress(remote, size, start)
         try:
             streams.copy_exact(conn.reader, f.write, size - start, hasher, bar.update)
+        except BaseException:
+            _discard(bar)
+            raise
         finally:
             f.flush()
             bar.close()
@@ -301,7 +465,18 @@ def get_file(
             "nothing was saved"
         )
     os.replace(partial, local)
-    return Result(remote, size, start, actual)
+    mtime = None
+    if preserve:
+        mtime = valid_time(data.get("mtime"))
+        if mtime is None:
+            mtime = valid_time(known_mtime)
+        if mtime is None:
+            mtime = valid_time(conn.call("stat", path=remote).data.get("mtime"))
+        if mtime is None:
+            notice(f"{remote}: the server gave no usable modification time; not kept")
+        else:
+            os.utime(local, (os.stat(local).st_atime, mtime))
+    return Result(remote, size, start, actual, mtime=mtime)
 
 
 def _digest_in(partial: Path) -> str:
@@ -333,8 +508,14 @@ def _safe_name(name: object) -> bool:
 
 def walk_remote(conn: Connection, root: str) -> tuple[list[str], list[tuple[str, int]]]:
     """(directories, (file, size)) under remote ``root``, parents first."""
+    dirs, files = walk_remote_entries(conn, root)
+    return dirs, [(path, int(entry["size"])) for path, entry in files]
+
+
+def walk_remote_entries(conn: Connection, root: str) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """(directories, (file, its listing entry)) under remote ``root``, parents first."""
     dirs: list[str] = []
-    files: list[tuple[str, int]] = []
+    files: list[tuple[str, dict[str, Any]]] = []
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -343,9 +524,14 @@ def walk_remote(conn: Connection, root: str) -> tuple[list[str], list[tuple[str,
             if entry.get("undecodable") or not _safe_name(name):
                 continue  # a hostile server must not steer writes outside the target
             path = posixpath.join(folder, name)
-            if entry["type"] == "dir":
+            if entry.get("type") == "dir":
                 dirs.append(path)
                 stack.append(path)
-            elif entry["type"] == "file":
-                files.append((path, int(entry["size"])))
+            elif entry.get("type") == "file" and _size_of(entry) is not None:
+                files.append((path, entry))
     return dirs, files
+
+
+def _size_of(entry: dict[str, Any]) -> int | None:
+    size = entry.get("size")
+    return size if type(size) is int and size >= 0 else None

@@ -107,7 +107,7 @@ def test_cli_batch_from_file_or_stdin(
         ("mkdir a; cd nope; mkdir b", 1, ["a"]),
         ("mkdir a; get nope.bin; mkdir b", 1, ["a"]),
         ("mkdir a; frobnicate x; mkdir b", 2, ["a"]),
-        ("mkdir a; cd; mkdir b", 2, ["a"]),  # wrong arguments: a usage error
+        ("mkdir a; cd a b; mkdir b", 2, ["a"]),  # wrong arguments: a usage error
         ("mkdir a; mkdir a; mkdir b", 1, ["a"]),
         ("mkdir a; mkdir b", 0, ["a", "b"]),
     ],

@@ -7,6 +7,7 @@ The shell is driven directly (``Shell.onecmd`` and the ``complete_*`` methods) w
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import sys
@@ -84,7 +85,7 @@ def test_shell_help_command_prints_its_docstring(
     shell: Shell, capsys: pytest.CaptureFixture[str], name: str
 ) -> None:
     out, _ = run(shell, f"help {name}", capsys)
-    doc = getattr(Shell, f"do_{name}").__doc__
+    doc = inspect.cleandoc(getattr(Shell, f"do_{name}").__doc__)  # without the source's indent
     assert out == doc + "\n"
     assert out.startswith(name)
 
