@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,19 @@ from ftpd.units import parse_size
 class TLSConfig:
     cert: Path
     key: Path
+
+
+@dataclass(frozen=True)
+class FTPConfig:
+    """The ``ftp:`` section: the standard FTP/FTPS listener (absent: no such listener)."""
+
+    host: str | None = None  # None: the top-level host
+    port: int = 2100
+    passive_ports: tuple[int, int] = (50000, 50100)
+    passive_address: str | None = None  # advertised in PASV (NAT); None: the local address
+    require_tls: bool = False  # USER and PASS refused before AUTH TLS
+    tls_session_reuse: bool = True  # PROT P data connections must resume the control's
+    active: bool = False  # PORT/EPRT allowed (only towards the control connection's peer)
 
 
 @dataclass(frozen=True)
@@ -42,23 +56,47 @@ class ServerConfig:
     idle_timeout: float = 300.0
     login_timeout: float = 30.0
     login_max_failures: int = 5
+    login_max_failures_per_ip: int = 20
     login_lockout: float = 300.0
     login_delay: float = 1.0
     grace_period: float = 30.0
-    takeover_after: float = 0.0
+    takeover_after: float = 15.0
+    partial_ttl: float = 7 * 24 * 3600.0
     fsync: bool = True
     tls: TLSConfig | None = None
+    ftp: FTPConfig | None = None
+    control_socket: Path | None = None  # None: <home_root>/.ftpd-control.sock
     path: Path | None = None  # the file this came from (not a key)
 
-    def with_overrides(self, **changes: Any) -> "ServerConfig":
+    @property
+    def control_path(self) -> Path:
+        """Where the daemon's control socket listens (ftpd.control)."""
+        # User names cannot start with '.', so this is never somebody's home.
+        return self.control_socket or self.home_root / ".ftpd-control.sock"
+
+    def with_overrides(self, **changes: Any) -> ServerConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 _KEYS = {f.name for f in fields(ServerConfig)} - {"path"}
-_PATHS = ("home_root", "users_file", "log_dir")
+_PATHS = ("home_root", "users_file", "log_dir", "control_socket")
 _SIZES = ("log_max_bytes",)
-_POSITIVE_INTS = ("max_connections", "max_per_ip", "login_max_failures")
-_SECONDS = ("idle_timeout", "login_timeout", "login_lockout", "login_delay", "grace_period")
+_POSITIVE_INTS = (
+    "max_connections",
+    "max_per_ip",
+    "login_max_failures",
+    "login_max_failures_per_ip",
+)
+#: A Unix socket's path fits in sockaddr_un.sun_path (108 bytes with its NUL on Linux).
+_MAX_SOCKET_PATH = 107
+_SECONDS = (
+    "idle_timeout",
+    "login_timeout",
+    "login_lockout",
+    "login_delay",
+    "grace_period",
+    "partial_ttl",
+)
 #: Durations where 0 is meaningful ("at once").
 _SECONDS_OR_ZERO = ("takeover_after",)
 _MAX_SECONDS = 10**8  # over three years
@@ -83,9 +121,15 @@ def load(path: Path) -> ServerConfig:
             problems.append(doc.problem(f"unknown key (known: {', '.join(sorted(_KEYS))})", key))
             continue
         try:
+            if key == "ftp":
+                values[key] = _ftp(value, doc, problems)
+                continue
             values[key] = _convert(key, value, path.parent)
         except ValueError as exc:
             problems.append(doc.problem(str(exc), key))
+    ftp = values.get("ftp")
+    if ftp is not None:
+        problems += _ftp_port_problems(ftp, values.get("port", ServerConfig.port), doc)
     if problems:
         raise ConfigError(problems)
     return ServerConfig(**values)
@@ -97,7 +141,10 @@ def _convert(key: str, value: Any, base: Path) -> Any:
             return None  # stderr only (e.g. under systemd, to the journal)
         if not isinstance(value, str) or not value:
             raise ValueError("must be a path")
-        return (base / Path(value).expanduser()).resolve()
+        resolved = (base / Path(value).expanduser()).resolve()
+        if key == "control_socket" and len(os.fsencode(resolved)) > _MAX_SOCKET_PATH:
+            raise ValueError(f"{resolved} is longer than {_MAX_SOCKET_PATH} bytes (a socket)")
+        return resolved
     if key == "host":
         if not isinstance(value, str) or not value:
             raise ValueError("must be an address or host name")
@@ -154,6 +201,80 @@ def _tls(value: Any, base: Path) -> TLSConfig | None:
         if not paths[name].is_file():
             raise ValueError(f"{name}: {paths[name]} does not exist")
     return TLSConfig(**paths)
+
+
+_FTP_KEYS = {f.name for f in fields(FTPConfig)}
+
+
+def _ftp(value: Any, doc: yamldoc.Doc, problems: list[tuple[str, int | None, str, str]]) -> Any:
+    """The ``ftp:`` section (null: off); each bad sub-key is a problem of its own."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping (port, passive_ports, ...) or null")
+    values: dict[str, Any] = {}
+    for key, item in value.items():
+        key = str(key)
+        if key not in _FTP_KEYS:
+            known = ", ".join(sorted(_FTP_KEYS))
+            problems.append(doc.problem(f"unknown key (known: {known})", "ftp", key))
+            continue
+        try:
+            values[key] = _ftp_value(key, item)
+        except ValueError as exc:
+            problems.append(doc.problem(str(exc), "ftp", key))
+    return FTPConfig(**values)
+
+
+def _ftp_value(key: str, value: Any) -> Any:
+    if key == "port":
+        return _convert("port", value, Path())
+    if key == "host":
+        return None if value is None else _convert("host", value, Path())
+    if key == "passive_ports":
+        return parse_port_range(value)
+    if key == "passive_address":
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.IPv4Address(str(value)))
+        except ValueError:
+            raise ValueError("must be an IPv4 address (what PASV advertises) or null") from None
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def parse_port_range(value: Any) -> tuple[int, int]:
+    """``"LOW-HIGH"`` (or one port) -> (low, high), unprivileged ports only.
+
+    Raises:
+        ValueError: not a range of ports from 1024 to 65535, low first.
+    """
+    ok = isinstance(value, (str, int)) and not isinstance(value, bool)
+    text = str(value).strip() if ok else ""
+    low_s, _, high_s = text.partition("-")
+    if not high_s:
+        high_s = low_s
+    if not (low_s.strip().isdigit() and high_s.strip().isdigit()):
+        raise ValueError('must be a range of ports "LOW-HIGH", e.g. "50000-50100"')
+    low, high = int(low_s), int(high_s)
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError("must be ports from 1024 to 65535, the lower one first")
+    return low, high
+
+
+def _ftp_port_problems(
+    ftp: FTPConfig, framed_port: int, doc: yamldoc.Doc
+) -> list[tuple[str, int | None, str, str]]:
+    """A passive range must not hold a control port (the daemon's own listeners)."""
+    low, high = ftp.passive_ports
+    problems = []
+    for name, port in (("ftp.port", ftp.port), ("port", framed_port)):
+        if port and low <= port <= high:
+            message = f"the range {low}-{high} holds the control port {port} ({name})"
+            problems.append(doc.problem(message, "ftp", "passive_ports"))
+    return problems
 
 
 def is_loopback(host: str) -> bool:

@@ -35,10 +35,21 @@ from ftpd.errors import (
     NotFoundError,
     PathEscapeError,
     PermissionDeniedError,
+    QuotaExceededError,
     from_oserror,
 )
-from ftpd.state.base import Claim, Reservation, Usage
-from ftpd.storage.base import Entry, Parts, Reader, Removed, StoredUpload, is_reserved
+from ftpd.logs import clean
+from ftpd.state.base import Claim, Claims, Ledgers, Reservation, Usage
+from ftpd.storage.base import (
+    Entry,
+    PartialInfo,
+    Parts,
+    Reader,
+    Removed,
+    Storage,
+    StoredUpload,
+    is_reserved,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +97,50 @@ def virtual(parts: Parts) -> str:
     return "/" + "/".join(parts)
 
 
+def claim_key(user: str, parts: Parts) -> str:
+    """The key of one target in the claims table: one upload per key at a time."""
+    return f"{user}/{'/'.join(parts)}"
+
+
+def expired(info: PartialInfo, ttl: float | None, now: float | None = None) -> bool:
+    """Whether an unfinished upload has received nothing for ``ttl`` seconds."""
+    return ttl is not None and (now or time.time()) - info.mtime > ttl
+
+
+def _unfinished(info: PartialInfo) -> Entry:
+    """The entry of a name that only an unfinished upload holds."""
+    return Entry(info.parts[-1], "file", info.held, info.mtime, 0o644, info.held, info.expected)
+
+
+def _log_expired(user: str, info: PartialInfo, freed: int) -> None:
+    logger.info(
+        "PARTIAL EXPIRED user=%s path=%s held=%d of %d freed=%d",
+        user, clean(virtual(info.parts), 200), info.held, info.expected, freed,
+    )
+
+
+def sweep_partials(
+    storage: Storage, ledgers: Ledgers, claims: Claims, ttl: float
+) -> int:
+    """Remove every unfinished upload idle past ``ttl`` in every home (the daemon's
+    periodic sweep); uploads still receiving bytes hold a claim and are kept.  Returns
+    the bytes freed."""
+    total = 0
+    now = time.time()
+    for user in storage.roots():
+        tree = storage.tree(user)
+        for info in tree.partials():
+            if not expired(info, ttl, now) or claims.held(claim_key(user, info.parts)):
+                continue
+            freed = tree.remove_partial(info)
+            ledger = ledgers.existing(user)
+            if ledger is not None:
+                ledger.adjust(-freed, 0)
+            _log_expired(user, info, freed)
+            total += freed
+    return total
+
+
 @contextlib.contextmanager
 def about(shown: str) -> Iterator[None]:
     """Name the client's own path in errors from below (never a real path)."""
@@ -120,13 +175,21 @@ class FileService:
     """One session's files.  Owned by that session's thread; shares the ledger, the
     claims and the storage with every other session of the user."""
 
-    def __init__(self, user: UserContext, accounts: Accounts, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        user: UserContext,
+        accounts: Accounts,
+        runtime: Runtime,
+        partial_ttl: float | None = None,
+    ) -> None:
         self.user = user
         self.accounts = accounts
         self.runtime = runtime
         self.tree = user.tree
         self.ledger = user.ledger
         self.cwd = PurePosixPath("/")
+        #: Unfinished uploads idle this long (seconds) are removed when next seen.
+        self.partial_ttl = partial_ttl
 
     # --- paths ------------------------------------------------------------------------
 
@@ -163,8 +226,15 @@ class FileService:
             found = self.tree.lookup(self.parts(vpath), follow)
         return shown, found.parts, found.entry
 
-    def _existing(self, vpath: str) -> tuple[str, Parts, Entry]:
+    def _existing(self, vpath: str, with_partial: bool = False) -> tuple[str, Parts, Entry]:
+        """What is at ``vpath``; ``with_partial``: an unfinished upload counts as there
+        (and marks a finished file it would replace)."""
         shown, parts, entry = self.resolve(vpath)
+        if with_partial and parts and (entry is None or entry.kind == "file"):
+            info = next((p for p in self._partials() if p.parts == parts), None)
+            if info is not None:
+                marked = _unfinished(info) if entry is None else entry
+                entry = replace(marked, partial=info.held, expected=info.expected)
         if entry is None:
             raise NotFoundError(f"{shown}: no such file or directory")
         return shown, parts, entry
@@ -185,22 +255,47 @@ class FileService:
         return cwd
 
     def listing(self, vpath: str, show_all: bool = False) -> tuple[str, list[Entry]]:
+        """``iter_listing`` as a list (for small folders and tests)."""
+        shown, entries = self.iter_listing(vpath, show_all)
+        return shown, list(entries)
+
+    def iter_listing(self, vpath: str, show_all: bool = False) -> tuple[str, Iterator[Entry]]:
         """A folder's entries sorted by name (dot files only with ``show_all``), or the
-        one entry of a file, named as the client named it."""
-        shown, parts, entry = self._existing(vpath)
+        one entry of a file, named as the client named it.  Names that an unfinished
+        upload is filling are marked (``partial``, ``expected``); a name that only such
+        an upload holds is listed as a file of the bytes received so far.  The entries
+        are produced as they are read, so memory stays bounded whatever the size."""
+        shown, parts, entry = self._existing(vpath, with_partial=True)
         if entry.kind != "dir":
-            return shown, [replace(entry, name=PurePosixPath(shown).name or "/")]
+            return shown, iter([replace(entry, name=PurePosixPath(shown).name or "/")])
+        pending = {p.parts[-1]: p for p in self._partials() if p.parts[:-1] == parts}
+        entries = self._merged(shown, self.tree.listdir(parts), pending)
+        return shown, (e for e in entries if show_all or not e.name.startswith("."))
+
+    def _merged(
+        self, shown: str, entries: Iterator[Entry], pending: dict[str, PartialInfo]
+    ) -> Iterator[Entry]:
+        extra = sorted(pending)
         with about(shown):
-            found = [e for e in self.tree.listdir(parts) if show_all or not e.name.startswith(".")]
-        found.sort(key=lambda e: e.name)
-        return shown, found
+            for entry in entries:
+                while extra and extra[0] < entry.name:
+                    yield _unfinished(pending[extra.pop(0)])
+                if extra and extra[0] == entry.name:
+                    info = pending[extra.pop(0)]
+                    entry = replace(entry, partial=info.held, expected=info.expected)
+                yield entry
+        for name in extra:
+            yield _unfinished(pending[name])
 
     def stat(self, vpath: str) -> tuple[str, Entry, str | None]:
-        """One entry, named as the client named it, and its recorded md5 (never computed)."""
-        shown, parts, entry = self._existing(vpath)
+        """One entry, named as the client named it, and its recorded md5 (never computed).
+
+        A name that only an unfinished upload holds answers with the bytes received so
+        far, marked ``partial``."""
+        shown, parts, entry = self._existing(vpath, with_partial=True)
         entry = replace(entry, name=PurePosixPath(shown).name or "/")
         checksum = None
-        if entry.kind == "file":
+        if entry.kind == "file" and entry.partial is None:
             with about(shown), contextlib.suppress(FTPError):
                 reader = self.tree.open_read(parts)
                 try:
@@ -208,6 +303,20 @@ class FileService:
                 finally:
                     reader.close()
         return shown, entry, checksum
+
+    def _partials(self) -> list[PartialInfo]:
+        """This user's unfinished uploads; those idle past ``partial_ttl`` are removed."""
+        kept = []
+        for info in self.tree.partials():
+            if expired(info, self.partial_ttl) and not self.runtime.claims.held(
+                claim_key(self.user.name, info.parts)
+            ):
+                freed = self.tree.remove_partial(info)
+                self.ledger.adjust(-freed, 0)
+                _log_expired(self.user.name, info, freed)
+                continue
+            kept.append(info)
+        return kept
 
     # --- changes ----------------------------------------------------------------------
 
@@ -256,6 +365,8 @@ class FileService:
             with about(shown):
                 self.tree.remove(parts, recursive, tally)
         except NotFoundError:
+            if self._uploading(parts):
+                raise ConflictError(f"{shown}: being uploaded by another session") from None
             dropped = self.tree.discard_partials(parts)
             if not dropped.entries:
                 raise
@@ -263,11 +374,23 @@ class FileService:
             return f"removed the interrupted upload of {shown}"
         finally:
             self.ledger.adjust(-removed[0], -removed[1])
-        dropped = self.tree.discard_partials(parts)
-        self.ledger.adjust(-dropped.nbytes, 0)
+        if not self._uploading(parts):  # a running upload keeps its partial
+            dropped = self.tree.discard_partials(parts)
+            self.ledger.adjust(-dropped.nbytes, 0)
         if recursive and removed[1] > 1:
             return f"removed {shown} ({removed[1]} entries)"
         return f"removed {shown}"
+
+    def _uploading(self, parts: Parts) -> bool:
+        """Whether a session is uploading to ``parts`` right now (lexical or real)."""
+        claims = self.runtime.claims
+        if claims.held(claim_key(self.user.name, parts)):
+            return True
+        try:
+            real = self.tree.lookup(parts, follow=False).parts
+        except FTPError:
+            return False
+        return claims.held(claim_key(self.user.name, real))
 
     def rmdir(self, vpath: str) -> str:
         shown = self.normalize(vpath)
@@ -308,17 +431,21 @@ class FileService:
         account = self.accounts.check(self.user.name)
         partials = [
             {"path": virtual(p.parts), "size": p.held, "expected": p.expected, "mtime": p.mtime}
-            for p in self.tree.partials()
+            for p in sorted(self._partials(), key=lambda p: p.parts)
         ]
         return QuotaInfo(self.ledger.usage(), account.quota_bytes, account.max_files, partials)
 
     # --- transfers ------------------------------------------------------------------
 
     def upload(
-        self, vpath: str, size: int, digest: str = DEFAULT_DIGEST, resume: bool = True
+        self, vpath: str, size: int | None, digest: str = DEFAULT_DIGEST, resume: bool = True
     ) -> Upload:
         """Begin an upload of ``size`` bytes: claim the target, find or make its partial,
         reserve the room it still needs.  The caller writes, then commits or aborts.
+
+        ``size`` None: a size the client does not declare (FTP's STOR).  Its partial is
+        the target's one ``stream`` partial, and the quota is reserved as bytes arrive:
+        the write that would pass the limit raises ``QuotaExceededError``.
 
         Raises:
             NotFoundError: the folder does not exist.
@@ -332,7 +459,7 @@ class FileService:
                 found = self.tree.lookup(self.parts(vpath))
             if found.entry is not None and found.entry.kind == "dir":
                 raise ConflictError(f"{shown}: is a directory")
-            key = f"{self.user.name}/{'/'.join(found.parts)}"
+            key = claim_key(self.user.name, found.parts)
             claim = self.runtime.claim(key, self._interrupt)
             try:
                 with about(shown):
@@ -353,13 +480,17 @@ class FileService:
         if self.interrupt is not None:
             self.interrupt()
 
-    def download(self, vpath: str, digest: str = DEFAULT_DIGEST) -> Download:
+    def download(self, vpath: str, digest: str | None = DEFAULT_DIGEST) -> Download:
         """Open a file for download with its digest (recorded, or computed once).
+
+        ``digest`` None: no digest (``checksum`` is None; FTP's RETR sends none, so a
+        big file starts streaming at once even when nothing is recorded).
 
         Raises:
             NotFoundError, ConflictError: missing, a folder, not a regular file.
         """
-        new_hasher(digest)
+        if digest is not None:
+            new_hasher(digest)
         shown = str(self.normalize(vpath))
         with about(shown):
             reader = self.tree.open_read(self.parts(vpath))
@@ -372,7 +503,14 @@ class Upload:
     ``write`` hashes and stores; after a write error it keeps the error and discards
     the rest, so a front end can read the body to its end and still answer (a full disk
     gives its space back at once).  ``commit`` verifies and installs; ``abort`` keeps
-    the partial for a resume.  Either settles the quota and releases the claim.
+    the partial for a resume; ``drop`` deletes it.  Each settles the quota and releases
+    the claim.
+
+    Without a declared size (``size`` None) the room is reserved as bytes arrive, in
+    steps checked against the limit like any reservation, so two sessions cannot
+    jointly pass it; the write that would pass it raises ``QuotaExceededError``.
+    ``seek`` and ``seed`` place a resume (REST, APPE): at a shorter offset of the
+    partial, or on a copy of the finished target's first bytes.
     """
 
     def __init__(
@@ -381,23 +519,31 @@ class Upload:
         stored: StoredUpload,
         claim: Claim,
         shown: str,
-        size: int,
+        size: int | None,
         digest: str,
         hasher: Any,
     ) -> None:
         self.files, self.stored, self.claim = files, stored, claim
-        self.shown, self.size, self.digest, self.hasher = shown, size, digest, hasher
+        self.shown, self.digest, self.hasher = shown, digest, hasher
+        #: Undeclared size: room is reserved as bytes arrive (``size`` is then 0).
+        self.streaming = size is None
+        self.size: int = size or 0
         self.offset = stored.offset
         self.started = time.monotonic()
         self.error: OSError | None = None
-        self._delta = -stored.freed  # net bytes this upload added on disk
+        if stored.freed:  # stale partials just removed: their room is free before we reserve
+            files.ledger.adjust(-stored.freed, 0)
+        self._delta = 0  # net bytes this upload added on disk
         self._done = False
         self._prefix_hashed = False
+        self._extra: list[Reservation] = []  # steps reserved as bytes arrive (size None)
+        self._room = 0  # bytes reserved in those steps and not written yet
         self._transfer = files.runtime.transfer()
         new_entry = 0 if stored.target_exists else 1
+        need = 0 if self.streaming else self.size - self.offset
         try:
             limits = files.accounts.limits(files.user.name)
-            self.reservation: Reservation = files.ledger.reserve(size - self.offset, new_entry, limits)
+            self.reservation: Reservation = files.ledger.reserve(need, new_entry, limits)
         except BaseException:
             self._release(settle=False)
             raise
@@ -423,10 +569,79 @@ class Upload:
         self.hasher = new_hasher(self.digest)
         self._prefix_hashed = False
 
+    @property
+    def target_size(self) -> int | None:
+        """The size of the finished file this upload replaces (None: there is none)."""
+        return getattr(self.stored, "target_size", None)
+
+    def _hold(self, nbytes: int) -> None:
+        """Reserve ``nbytes`` more for an upload of undeclared size (see the class).
+
+        Raises:
+            QuotaExceededError: they do not fit.
+        """
+        if nbytes <= self._room:
+            self._room -= nbytes
+            return
+        need = nbytes - self._room
+        limits = self.files.accounts.limits(self.files.user.name)
+        amount = max(need, STREAM_STEP)
+        try:
+            step = self.files.ledger.reserve(amount, 0, limits)
+        except QuotaExceededError:
+            amount = need  # near the limit: exactly what this write needs, or refuse
+            step = self.files.ledger.reserve(amount, 0, limits)
+        self._extra.append(step)
+        self._room = amount - need
+
+    def seek(self, offset: int) -> None:
+        """Resume at ``offset`` (REST): the partial must hold at least that much; bytes
+        past it are dropped.
+
+        Raises:
+            BadRequestError: the partial holds less than ``offset``.
+        """
+        if offset == self.offset:
+            return
+        if offset > self.offset:
+            raise BadRequestError(
+                f"{self.shown}: cannot resume at {offset}; {self.offset} bytes are held"
+            )
+        with about(self.shown):
+            self._delta -= self.stored.truncate(offset)
+        self.offset = offset
+        self.hasher = new_hasher(self.digest)
+        self._prefix_hashed = False
+
+    def seed(self, nbytes: int) -> None:
+        """Start from a copy of the finished target's first ``nbytes`` (APPE, or REST on
+        a finished file); what the partial held is dropped.  Undeclared size only.
+
+        Raises:
+            BadRequestError: the target is missing or shorter than ``nbytes``.
+            QuotaExceededError: the copy does not fit.
+        """
+        target = self.target_size
+        if not self.streaming or target is None or nbytes > target:
+            raise BadRequestError(f"{self.shown}: cannot resume at {nbytes}")
+        with about(self.shown):
+            self._delta -= self.stored.restart()
+            self.offset = 0
+            self._hold(nbytes)
+            copied = self.stored.seed(nbytes)
+        self._delta += copied
+        self.offset = copied
+        self.hasher = new_hasher(self.digest)
+        self._prefix_hashed = False
+        if copied != nbytes:
+            raise ConflictError(f"{self.shown}: the file changed while it was copied")
+
     def write(self, data: memoryview) -> None:
         """Hash and store the next bytes (see the class docstring for errors)."""
         if self.offset and not self._prefix_hashed:
             self.prefix_checksum()
+        if self.streaming:
+            self._hold(len(data))
         self.hasher.update(data)
         self.claim.touch()
         if self.error is not None:
@@ -440,11 +655,17 @@ class Upload:
                     self._delta -= self.stored.restart()
 
     def commit(
-        self, checksum: str | None = None, mtime: float | None = None
+        self,
+        checksum: str | None = None,
+        mtime: float | None = None,
+        before_install: Callable[[], None] | None = None,
     ) -> str:
         """Verify the whole-file digest (if the client sent one) and install the file.
 
         Returns the digest; the file is durable under its name when this returns.
+        ``before_install`` is called once the partial is durable, right before it takes
+        its name: whatever it raises stops the install and keeps the partial for a
+        resume (FTP: the client must still be there to hear the answer).
 
         Raises:
             ChecksumError: the digests differ; the partial is deleted.
@@ -466,7 +687,10 @@ class Upload:
                     received=actual,
                 )
             with about(self.shown):
-                self._delta -= self.stored.commit(self.digest, actual, mtime)
+                if before_install is None:
+                    self._delta -= self.stored.commit(self.digest, actual, mtime)
+                else:
+                    self._delta -= self.stored.commit(self.digest, actual, mtime, before_install)
             self._done = True
             return actual
         finally:
@@ -476,6 +700,29 @@ class Upload:
         """Stop here; what was written stays as a partial for a resume."""
         self._release(settle=True)
 
+    def drop(self) -> None:
+        """Stop here and delete the partial (e.g. the quota was reached mid-upload)."""
+        try:
+            with contextlib.suppress(OSError):
+                self._delta -= self.stored.discard()
+        finally:
+            self._release(settle=True)
+
+    @staticmethod
+    def held(files: FileService, vpath: str) -> int | None:
+        """Bytes an interrupted upload of undeclared size holds for ``vpath`` (None: no
+        such partial), without claiming, creating or removing anything."""
+        shown = str(files.normalize(vpath))
+        with about(shown):
+            found = files.tree.lookup(files.parts(vpath))
+            if found.entry is not None and found.entry.kind == "dir":
+                return None
+            stored = files.tree.begin_upload(found.parts, None, True, probe=True)
+        try:
+            return stored.offset or None
+        finally:
+            stored.close()
+
     def _release(self, settle: bool) -> None:
         if getattr(self, "_released", False):
             return
@@ -484,6 +731,8 @@ class Upload:
             if settle:
                 self._transfer.__exit__(None, None, None)
                 added = 1 if self._done and not self.stored.target_exists else 0
+                for step in self._extra:
+                    step.close(0, 0)
                 self.reservation.close(self._delta, added)
             elif self._delta:
                 self.files.ledger.adjust(self._delta, 0)
@@ -499,12 +748,16 @@ class Upload:
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: Room an upload of undeclared size reserves at a time (one check per step).
+STREAM_STEP = 1024 * 1024
 
 
 class Download:
     """One download in one session thread: the open file and its whole-file digest."""
 
-    def __init__(self, files: FileService, reader: Reader, shown: str, digest: str) -> None:
+    def __init__(
+        self, files: FileService, reader: Reader, shown: str, digest: str | None
+    ) -> None:
         self.reader = reader
         self.shown = shown
         self.digest = digest
@@ -514,7 +767,7 @@ class Download:
         self._transfer.__enter__()
         try:
             with about(shown):
-                self.checksum = reader.digest(digest)
+                self.checksum = reader.digest(digest) if digest is not None else None
         except BaseException:
             self.close()
             raise

@@ -33,11 +33,14 @@ class Services:
 
     @classmethod
     def build(cls, config: ServerConfig, users: UserStore) -> Services:
-        config.home_root.mkdir(parents=True, exist_ok=True)
         storage = LocalStorage(config.home_root, fsync=config.fsync)
+        storage.prepare()
         ledgers = LocalLedgers()
         throttle = LoginThrottle(
-            config.login_max_failures, config.login_lockout, config.login_delay
+            config.login_max_failures,
+            config.login_lockout,
+            config.login_delay,
+            max_failures_per_ip=config.login_max_failures_per_ip,
         )
         accounts = Accounts(users, throttle, storage, ledgers)
         claims = LocalClaims(takeover_after=config.takeover_after)

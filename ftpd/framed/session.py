@@ -15,11 +15,13 @@ on the wire or in another session.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import socket
 import socketserver
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,11 @@ if TYPE_CHECKING:
     from ftpd.framed.server import FramedServer
 
 logger = logging.getLogger(__name__)
+#: An ``ls`` answer is kept in memory up to this size, in a temporary file past it.
+LS_SPOOL_BYTES = 1 << 20
+LS_CHUNK = 256 * 1024
+#: Unfinished uploads listed by name in a ``quota`` answer (all are counted).
+QUOTA_PARTIALS = 100
 
 
 class FramedSession(socketserver.BaseRequestHandler):
@@ -73,17 +80,20 @@ class FramedSession(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         logger.info("CONNECT ip=%s", self.ip)
         refused = self.server.refusal(self.request)
+        # login_timeout bounds every byte before login, both ways: the TLS handshake, the
+        # greeting, each header and each answer (issue 9, docs/protocol.md §4 and §6).
+        login_deadline = time.monotonic() + self.server.config.login_timeout
         try:
-            self._start_tls()
-            if refused:
+            if refused:  # only in clear: the server closes a refused TLS connection itself
                 logger.warning("REFUSED ip=%s: %s", self.ip, refused)
                 self._send_quietly(protocol.error_response(UnavailableError(refused)))
                 return
+            self._start_tls(login_deadline)
+            self._bound_by(login_deadline)
             self.send(self.server.greeting())
         except (OSError, ValueError) as exc:
             logger.info("DROPPED ip=%s before greeting: %s", self.ip, clean(exc))
             return
-        login_deadline = time.monotonic() + self.server.config.login_timeout
         while not self.closing:
             try:
                 header = self._next_header(login_deadline)
@@ -104,6 +114,8 @@ class FramedSession(socketserver.BaseRequestHandler):
                 break
             self.busy = True
             try:
+                if self.user is None:  # the answer too must go out before the deadline
+                    self._bound_by(login_deadline)
                 self.dispatch(header)
             except OSError as exc:  # the answer itself could not be sent
                 self._dropped(exc)
@@ -115,15 +127,28 @@ class FramedSession(socketserver.BaseRequestHandler):
                     self.farewell("the server is shutting down")
                 break
 
-    def _start_tls(self) -> None:
-        """Wrap the connection in TLS (in this thread, within the login timeout)."""
+    def _start_tls(self, login_deadline: float) -> None:
+        """Wrap the connection in TLS (in this thread, before the login deadline).
+
+        The handshake's timeout is one deadline for the whole handshake (the ssl module
+        counts it that way), so a client that drips its hello is cut like any other.
+        """
         context = self.server.ssl_context
         if context is None:
             return
-        self.sock.settimeout(self.server.config.login_timeout)
+        self._bound_by(login_deadline)
         self.sock = context.wrap_socket(self.sock, server_side=True)
         self.sock.settimeout(self.server.config.idle_timeout)
         self.reader = streams.SocketReader(self.sock)
+
+    def _bound_by(self, deadline: float) -> None:
+        """Let no blocking send or receive on the socket outlast ``deadline``.
+
+        Never 0 (that would make the socket non-blocking): a frame that arrived in time
+        still gets its answer if the kernel takes it at once.
+        """
+        left = deadline - time.monotonic()
+        self.sock.settimeout(max(0.01, min(left, self.server.config.idle_timeout)))
 
     def _next_header(self, login_deadline: float) -> dict[str, Any]:
         idle = self.server.config.idle_timeout
@@ -180,17 +205,33 @@ class FramedSession(socketserver.BaseRequestHandler):
 
     def _fail(self, exc: FTPError) -> Response:
         pending = self._pending_body or (exc.data.get("body") or 0)
+        if pending and self.user is None:
+            return self._refuse_body(exc, pending)
         if pending and not exc.fatal:
             self._drain(pending)
         if exc.fatal:
             self.closing = True
         return protocol.error_response(exc)
 
+    def _refuse_body(self, exc: FTPError, size: int) -> Response:
+        """Before login no body is read, not even to skip it: answer, then close.
+
+        Draining it would let a client that drips the body a byte at a time keep its
+        connection, and a slot, past login_timeout (issue 9, docs/protocol.md §4).
+        """
+        self._pending_body = 0
+        self.closing = True
+        logger.warning("BODY BEFORE LOGIN ip=%s: %d bytes announced; closing", self.ip, size)
+        response = protocol.error_response(exc)
+        note = "no request body is accepted before login; the connection is closed"
+        return dataclasses.replace(response, message=f"{response.message} ({note})")
+
     def _drain(self, size: int) -> None:
         """Skip a body we will not use, so the next frame can be read (bounded by the cap)."""
         self._pending_body = 0
         try:
-            streams.copy_exact(self.reader, None, size)
+            # 64 KiB at a time: a draining session holds no more, whatever the body's size.
+            streams.copy_exact(self.reader, None, size, chunk=64 * 1024)
         except (OSError, ProtocolError):
             self.closing = True
 
@@ -261,7 +302,9 @@ class FramedSession(socketserver.BaseRequestHandler):
             raise ConflictError("already logged in")
         services = self.server.services
         context = services.accounts.login(request.args["user"], request.args["password"], self.ip)
-        self.files = FileService(context, services.accounts, services.runtime)
+        self.files = FileService(
+            context, services.accounts, services.runtime, self.server.config.partial_ttl
+        )
         self.files.interrupt = self.interrupt
         self.user = context.name
         return Response(True, OK, f"welcome, {context.name}", data={"cwd": "/"})
@@ -295,16 +338,34 @@ class FramedSession(socketserver.BaseRequestHandler):
             "files": usage.entries,
             "max_files": info.max_files,
             "reserved_files": usage.reserved_entries,
+            # Unfinished uploads: what they hold (already inside "used") and the first
+            # QUOTA_PARTIALS of them by path, so a user can see and give them up.
+            "partial_bytes": sum(p["size"] for p in info.partials),
+            "partial_count": len(info.partials),
+            "partials": [_shown_partial(p) for p in info.partials[:QUOTA_PARTIALS]],
         }
         return Response(True, OK, "quota", data=data)
 
     # --- commands: browsing -----------------------------------------------------------
 
     def cmd_ls(self, request: Request) -> None:
-        shown, entries = self._files.listing(request.args.get("path", ""), request.args.get("all", False))
-        body = "".join(_entry_line(e) for e in entries).encode("utf-8")
-        data = {"path": shown, "count": len(entries)}
-        self.respond(Response(True, OK, f"{len(entries)} entries", data=data, body=len(body)), body)
+        """The entries as JSON lines in the body.  They are written to a spool (memory up
+        to ``LS_SPOOL_BYTES``, a temporary file past that) as they are read from the
+        folder, so one listing's memory is bounded whatever the folder's size, and a
+        client that does not read holds no more than that."""
+        path, show_all = request.args.get("path", ""), request.args.get("all", False)
+        shown, entries = self._files.iter_listing(path, show_all)
+        with tempfile.SpooledTemporaryFile(LS_SPOOL_BYTES) as spool:
+            count = 0
+            for entry in entries:
+                spool.write(_entry_line(entry).encode("utf-8"))
+                count += 1
+            size = spool.tell()
+            data = {"path": shown, "count": count}
+            self.respond(Response(True, OK, f"{count} entries", data=data, body=size))
+            spool.seek(0)
+            while chunk := spool.read(LS_CHUNK):
+                self.sock.sendall(chunk)
 
     def cmd_stat(self, request: Request) -> Response:
         shown, entry, checksum = self._files.stat(request.args["path"])
@@ -368,4 +429,12 @@ def _describe(entry: Entry) -> dict[str, Any]:
     if undecodable:
         described["undecodable"] = True
     described.update(type=entry.kind, size=entry.size, mtime=entry.mtime, mode=entry.mode)
+    if entry.partial is not None:
+        described.update(partial=entry.partial, expected=entry.expected)
     return described
+
+
+def _shown_partial(partial: dict[str, Any]) -> dict[str, Any]:
+    shown = dict(partial)
+    shown["path"] = _display_name(partial["path"])[0]
+    return shown

@@ -173,6 +173,11 @@ class LocalLedgers:
                 ledger = self._ledgers[user] = LocalLedger(count)
             return ledger
 
+    def existing(self, user: str) -> LocalLedger | None:
+        """The user's ledger if one was made (a sweep must not start a count)."""
+        with self._lock:
+            return self._ledgers.get(user)
+
     def recount_all(self) -> None:
         """Count every known user again (on reload), one after the other."""
         with self._lock:
@@ -237,6 +242,11 @@ class LocalClaims:
                     raise ConflictError("another upload to this path is in progress")
             claim = self._held[key] = LocalClaim(self, key, interrupt)
             return claim
+
+    def held(self, key: str) -> bool:
+        """Whether an upload of ``key`` is running (a sweep never removes its partial)."""
+        with self._lock:
+            return key in self._held
 
     def _release(self, claim: LocalClaim) -> None:
         with self._freed:

@@ -350,7 +350,10 @@ class LocalTree:
         return Entry(name, "link", 0, st.st_mtime, 0o777)
 
     def listdir(self, parts: Parts) -> Iterator[Entry]:
-        """The entries of a folder, in no order; reserved names are never shown.
+        """The entries of a folder, sorted by name; reserved names are never shown.
+
+        Only the names are held in memory (sorted); each entry is described as it is
+        yielded, so a folder of 100,000 entries costs its names, not its descriptions.
 
         Raises:
             NotFoundError, ConflictError: missing, or not a folder.
@@ -364,19 +367,22 @@ class LocalTree:
             base = hit.parts
         try:
             with os.scandir(fd) as entries:
-                for item in entries:
-                    name = item.name
-                    if name.startswith(PARTIAL_PREFIX) or (not base and name == RESERVED):
-                        continue
-                    try:
-                        st = item.stat(follow_symlinks=False)
-                    except OSError:
-                        yield Entry(name, "unknown", 0, 0.0)
-                        continue
-                    if stat_mod.S_ISLNK(st.st_mode):
-                        yield self._describe_link((*base, name), name, st)
-                    else:
-                        yield _entry(name, st)
+                names = [e.name for e in entries]
+            names.sort()
+            for name in names:
+                if name.startswith(PARTIAL_PREFIX) or (not base and name == RESERVED):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since the folder was read
+                except OSError:
+                    yield Entry(name, "unknown", 0, 0.0)
+                    continue
+                if stat_mod.S_ISLNK(st.st_mode):
+                    yield self._describe_link((*base, name), name, st)
+                else:
+                    yield _entry(name, st)
         finally:
             _close(fd)
 
@@ -476,10 +482,13 @@ class LocalTree:
 
     def set_mtime(self, parts: Parts, mtime: float) -> None:
         with self._walk(parts) as hit:
-            if hit.obj_fd is None:
-                raise NotFoundError("no such file or directory")
             ns = int(mtime * 1e9)
-            os.utime(hit.name or ".", ns=(ns, ns), dir_fd=hit.dir_fd, follow_symlinks=False)
+            if hit.name is None:  # the walk ended on the folder it holds
+                os.utime(hit.dir_fd, ns=(ns, ns))
+                return
+            if hit.st is None:
+                raise NotFoundError("no such file or directory")
+            os.utime(hit.name, ns=(ns, ns), dir_fd=hit.dir_fd, follow_symlinks=False)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -523,12 +532,16 @@ class LocalTree:
         finally:
             _close(root)
 
-    def begin_upload(self, parts: Parts, size: int, resume: bool) -> LocalUpload:
+    def begin_upload(
+        self, parts: Parts, size: int | None, resume: bool, probe: bool = False
+    ) -> LocalUpload:
         """Open (or find, to resume) the partial for ``size`` bytes to ``parts``.
 
         Partials of the same target with another declared size belong to another source
         and are removed here.  A target on another file system than the partial folder (a
         mount inside the home) gets its partial beside it, so the final rename is atomic.
+        ``size`` None: an upload of undeclared size, whose partial is ``<key>.stream``.
+        ``probe``: only find what is held (``offset``); nothing is made or removed.
 
         Raises:
             NotFoundError: the target's folder is missing.
@@ -540,7 +553,7 @@ class LocalTree:
                 raise ConflictError("is a directory")
             _close(hit.obj_fd)
             hit.obj_fd = None
-            return LocalUpload(self, hit, size, resume)
+            return LocalUpload(self, hit, size, resume, probe)
         except BaseException:
             hit.close()
             raise
@@ -618,16 +631,21 @@ class LocalTree:
             st = item.stat(follow_symlinks=False)
             if stat_mod.S_ISREG(st.st_mode):
                 nbytes += st.st_size
-            if not (depth == 0 and item.name == RESERVED) and not item.name.startswith(
-                PARTIAL_PREFIX
-            ):
+            if not item.name.startswith(PARTIAL_PREFIX):
                 entries += 1
 
-        def on_dir(item: os.DirEntry[str], depth: int) -> None:
+        def on_dir(item: os.DirEntry[str], depth: int) -> bool:
             nonlocal entries
             if depth == 0 and item.name == RESERVED:
-                return
+                return False  # the bookkeeping: bytes only, walked on its own below
             entries += 1
+            return True
+
+        def reserved_bytes(parent: int, item: os.DirEntry[str], depth: int) -> None:
+            nonlocal nbytes
+            st = item.stat(follow_symlinks=False)
+            if stat_mod.S_ISREG(st.st_mode):
+                nbytes += st.st_size
 
         def on_error(exc: OSError) -> None:
             nonlocal ok
@@ -639,6 +657,18 @@ class LocalTree:
             return 0, 0, True
         try:
             _walk_tree(root, on_file=on_file, on_dir=on_dir, on_error=on_error)
+            try:
+                reserved = os.open(RESERVED, _O_DIR, dir_fd=root)
+            except FileNotFoundError:
+                reserved = None
+            except OSError as exc:
+                on_error(exc)
+                reserved = None
+            if reserved is not None:
+                try:
+                    _walk_tree(reserved, on_file=reserved_bytes, on_error=on_error)
+                finally:
+                    _close(reserved)
         finally:
             _close(root)
         return nbytes, entries, ok
@@ -694,7 +724,8 @@ def _unlinker(tally: Callable[[Removed], None]) -> Callable[[int, os.DirEntry[st
     def unlink(parent: int, item: os.DirEntry[str], depth: int) -> None:
         st = item.stat(follow_symlinks=False)
         os.unlink(item.name, dir_fd=parent)
-        tally(Removed(st.st_size if stat_mod.S_ISREG(st.st_mode) else 0, 1))
+        entries = 0 if item.name.startswith(PARTIAL_PREFIX) else 1  # as usage() counts
+        tally(Removed(st.st_size if stat_mod.S_ISREG(st.st_mode) else 0, entries))
 
     return unlink
 
@@ -718,14 +749,15 @@ class _Frame:
 def _walk_tree(
     top: int,
     on_file: Callable[[int, os.DirEntry[str], int], None],
-    on_dir: Callable[[os.DirEntry[str], int], None] | None = None,
+    on_dir: Callable[[os.DirEntry[str], int], bool] | None = None,
     after_dir: Callable[[int, str], None] | None = None,
     on_error: Callable[[OSError], None] | None = None,
 ) -> None:
     """Visit every entry below the folder ``top`` by descriptor, depth first.
 
     ``on_file(parent_fd, entry, depth)`` for every non-folder, ``on_dir(entry, depth)``
-    when a folder is found, ``after_dir(parent_fd, name)`` once it has been walked.
+    when a folder is found (it returns whether to walk into it), ``after_dir(parent_fd,
+    name)`` once it has been walked.
     Errors go to ``on_error`` (the walk goes on with the rest) or are raised.  At most
     ``_KEEP_ALL + depth / _KEEP_EVERY`` descriptors are open at once.
     """
@@ -756,9 +788,8 @@ def _walk_tree(
                 for item in items:
                     try:
                         if item.is_dir(follow_symlinks=False):
-                            frame.subdirs.append(item.name)
-                            if on_dir is not None:
-                                on_dir(item, frame.depth)
+                            if on_dir is None or on_dir(item, frame.depth):
+                                frame.subdirs.append(item.name)
                         else:
                             on_file(fd, item, frame.depth)
                     except FileNotFoundError:
@@ -842,7 +873,8 @@ class LocalReader:
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = base + offset
         return self._pos
 
     def recorded_digest(self, digest: str) -> str | None:
@@ -888,16 +920,20 @@ class LocalUpload:
 
     tree: LocalTree
     hit: _Hit
-    size: int
+    size: int | None  # None: undeclared (FTP's STOR); the partial is <key>.stream
     resume: bool
+    probe: bool = False  # only look: find what is held, make and remove nothing
     parts: Parts = field(init=False)
     offset: int = field(init=False, default=0)
     freed: int = field(init=False, default=0)
     target_exists: bool = field(init=False, default=False)
+    target_size: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.parts = self.hit.parts
         self.target_exists = self.hit.st is not None
+        if self.hit.st is not None and stat_mod.S_ISREG(self.hit.st.st_mode):
+            self.target_size = self.hit.st.st_size
         self._fd = -1
         self._folder = -1
         self._owned_folder = False
@@ -915,7 +951,7 @@ class LocalUpload:
             for folder, _, owned in places:
                 if owned and folder != self._folder:
                     _close(folder)
-        self._name = f"{self._prefix}{self.size}"
+        self._name = f"{self._prefix}{'stream' if self.size is None else self.size}"
         self._open()
 
     def _open(self) -> None:
@@ -924,14 +960,19 @@ class LocalUpload:
         The partial itself is made only at the first write (or the commit), so an upload
         refused before it starts (e.g. by the quota) leaves nothing behind.
         """
-        with os.scandir(self._folder) as entries:
-            stale = [e.name for e in entries if e.name.startswith(self._prefix)]
-        for name in stale:
-            if name != self._name:
-                self.freed += _unlink_counted(name, self._folder)
+        if not self.probe:
+            with os.scandir(self._folder) as entries:
+                stale = [e.name for e in entries if e.name.startswith(self._prefix)]
+            for name in stale:
+                if name != self._name:
+                    self.freed += _unlink_counted(name, self._folder)
         st = _lstat(self._name, self._folder)
         held = st.st_size if st is not None and stat_mod.S_ISREG(st.st_mode) else 0
-        if held and (not self.resume or held > self.size):
+        if self.probe:
+            self.offset = held
+            return
+        too_big = self.size is not None and held > self.size
+        if held and (not self.resume or too_big):
             self.freed += _unlink_counted(self._name, self._folder)
             held = 0
         self.offset = held
@@ -968,6 +1009,53 @@ class LocalUpload:
         self.offset = 0
         return dropped
 
+    def truncate(self, offset: int) -> int:
+        """Keep only the first ``offset`` bytes held (a resume at a shorter REST);
+        returns how many were dropped."""
+        fd = self._file()
+        dropped = max(0, os.fstat(fd).st_size - offset)
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        self.offset = offset
+        return dropped
+
+    def seed(self, nbytes: int) -> int:
+        """Fill the (empty) partial with the finished target's first ``nbytes``, copied
+        inside the file system (APPE onto a finished file).  Returns the bytes copied;
+        fewer when the target shrank meanwhile."""
+        assert self.hit.name is not None
+        src = os.open(self.hit.name, _O_READ, dir_fd=self.hit.dir_fd)
+        try:
+            if not stat_mod.S_ISREG(os.fstat(src).st_mode):
+                raise ConflictError("not a regular file")
+            fd = self._file()
+            copied = 0
+            while copied < nbytes:
+                n = self._copy_range(src, fd, copied, nbytes - copied)
+                if not n:
+                    break
+                copied += n
+        finally:
+            _close(src)
+        os.lseek(fd, copied, os.SEEK_SET)
+        self.offset = copied
+        return copied
+
+    @staticmethod
+    def _copy_range(src: int, dst: int, offset: int, count: int) -> int:
+        """Copy up to ``count`` bytes at ``offset`` from ``src`` to ``dst`` (same offset)."""
+        count = min(count, _CHUNK * 64)
+        try:
+            return os.copy_file_range(src, dst, count, offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+        data = os.pread(src, min(count, _CHUNK), offset)
+        written = 0
+        while written < len(data):
+            written += os.pwrite(dst, data[written:], offset + written)
+        return written
+
     def write(self, data: memoryview) -> int:
         fd = self._file()
         written = 0
@@ -975,9 +1063,18 @@ class LocalUpload:
             written += os.write(fd, data[written:])
         return written
 
-    def commit(self, digest: str, hexdigest: str, mtime: float | None) -> int:
+    def commit(
+        self,
+        digest: str,
+        hexdigest: str,
+        mtime: float | None,
+        before_install: Callable[[], None] | None = None,
+    ) -> int:
         """Record the digest, flush, and rename the partial over the target in the folder
-        held since the start; then flush that folder.  Returns the bytes replaced."""
+        held since the start; then flush that folder.  Returns the bytes replaced.
+
+        ``before_install`` runs once the partial is durable, right before the rename;
+        whatever it raises leaves the partial as it is (resumable)."""
         fd = self._file()
         if mtime is not None:
             ns = int(mtime * 1e9)
@@ -985,6 +1082,8 @@ class LocalUpload:
         record_digest(fd, os.fstat(fd), digest, hexdigest)
         if self.tree.fsync:
             os.fsync(fd)
+        if before_install is not None:
+            before_install()
         assert self.hit.name is not None
         old = _lstat(self.hit.name, self.hit.dir_fd)
         replaced = old.st_size if old is not None and stat_mod.S_ISREG(old.st_mode) else 0
@@ -1014,5 +1113,18 @@ class LocalStorage:
         self.home_root = Path(home_root)
         self.fsync = fsync
 
+    def prepare(self) -> None:
+        """Make the folder of the homes if it is missing (at the daemon's start)."""
+        self.home_root.mkdir(parents=True, exist_ok=True)
+
     def tree(self, root: str) -> LocalTree:
         return LocalTree(self.home_root / root, self.fsync)
+
+    def roots(self) -> Iterator[str]:
+        """The names of the trees that exist (user names never start with '.')."""
+        try:
+            with os.scandir(self.home_root) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
+        except FileNotFoundError:
+            return
+        yield from sorted(names)

@@ -131,8 +131,10 @@ def test_faults_file_changed_on_disk_between_downloads(project, server, tmp_path
     conn.close()
 
 
-def test_faults_stalled_upload_is_taken_over_by_a_new_connection(project, server, tmp_path):
-    """A client whose network died mid-put reconnects: the new put resumes at once."""
+def test_faults_stalled_upload_is_taken_over_by_a_new_connection(project, server_factory, tmp_path):
+    """A client whose network died mid-put reconnects: once the old upload has received
+    nothing for ``takeover_after`` seconds, the new put takes it over and resumes."""
+    server = server_factory(takeover_after=0.5)
     payload = os.urandom(3 * 1024 * 1024)
     src = tmp_path / "big.bin"
     src.write_bytes(payload)

@@ -205,7 +205,7 @@ def test_tls_plain_client_fails_cleanly_and_server_serves_on(tls_server: TLSServ
     ("extra", "status"),
     [
         (("--tls", "--cafile", "{ca}"), 0),
-        (("--cafile", "{ca}"), 0),  # --cafile implies --tls
+        (("--cafile", "{ca}"), 2),  # --cafile without --tls: a usage error
         (("--tls", "--insecure"), 0),
         (("--tls",), 3),  # the system store does not know our CA
         ((), 3),  # plain against a TLS port: no greeting within the timeout

@@ -364,7 +364,7 @@ def test_transfer_download_partial_never_under_real_name(
     conn.quit()
 
 
-def test_transfer_partial_upload_never_listed_or_reachable(server: RunningServer) -> None:
+def test_transfer_partial_upload_shown_by_name_but_never_reachable(server: RunningServer) -> None:
     data = payload(2 * MiB, seed=11)
     cut = server.login("alice")
     start_two_phase(cut, "f.bin", len(data))
@@ -376,16 +376,27 @@ def test_transfer_partial_upload_never_listed_or_reachable(server: RunningServer
     wait_idle(server)
     conn = server.login("alice")
 
+    # The bookkeeping never shows; the unfinished upload shows under its own name,
+    # marked with what it holds and what it expects (issue 9: in plain sight).
     for show_all in (False, True):
-        names = [e["name"] for e in conn.listdir("/", show_all=show_all)]
-        assert names == [], names
+        entries = conn.listdir("/", show_all=show_all)
+        assert [e["name"] for e in entries] == ["f.bin"], entries
+        assert (entries[0]["partial"], entries[0]["expected"]) == (MiB, len(data))
     for path in ("/.ftpd", ".ftpd/partial", "/.ftpd/partial/" + partials(home)[0].name):
         with pytest.raises(errors.PathEscapeError):
             conn.listdir(path)
         with pytest.raises(errors.PathEscapeError):
             conn.call("get", path=path)
+    stat = conn.call("stat", path="f.bin").data
+    assert (stat["size"], stat["partial"], stat["expected"]) == (MiB, MiB, len(data))
+    assert "checksum" not in stat
     with pytest.raises(errors.NotFoundError):
-        conn.call("stat", path="f.bin")
+        conn.call("get", path="f.bin")  # nothing to download until it is whole
+    quota = conn.call("quota").data
+    assert quota["partial_bytes"] == MiB and quota["partial_count"] == 1
+    assert quota["partials"] == [
+        {"path": "/f.bin", "size": MiB, "expected": len(data), "mtime": quota["partials"][0]["mtime"]}
+    ]
     assert len(partials(home)) == 1  # kept for a resume
     conn.quit()
 
