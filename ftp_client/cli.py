@@ -77,12 +77,18 @@ def _parser() -> argparse.ArgumentParser:
         help="server address (port 2121 by default); USER@ names the user unless -u does",
     )
     p.add_argument("-u", "--user", help="user name (wins over USER@; prompted for if neither)")
-    p.add_argument("-c", "--commands", metavar="CMDS", help='commands separated by ";", e.g. "cd a; put f"')
-    p.add_argument("-b", "--batch", metavar="FILE", help="run commands from FILE, one per line (- for stdin)")
+    p.add_argument(
+        "-c", "--commands", metavar="CMDS", help='commands separated by ";", e.g. "cd a; put f"'
+    )
+    p.add_argument(
+        "-b", "--batch", metavar="FILE", help="run commands from FILE, one per line (- for stdin)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
     p.add_argument("--tls", action="store_true", help="connect with TLS, verifying the server")
     p.add_argument("--cafile", help="with --tls: CA certificates (PEM) to verify the server with")
-    p.add_argument("--insecure", action="store_true", help="with --tls: do not verify the certificate")
+    p.add_argument(
+        "--insecure", action="store_true", help="with --tls: do not verify the certificate"
+    )
     p.add_argument(
         "--timeout",
         type=_timeout,

@@ -14,10 +14,7 @@ import ssl
 from typing import Any
 
 from ftpd import errors
-
-from ftpd.framed import protocol
-
-from ftpd.framed import streams
+from ftpd.framed import protocol, streams
 from ftpd.framed.protocol import Request, Response
 
 DEFAULT_PORT = 2121
@@ -100,7 +97,7 @@ class Connection:
         """The next response; an error response is raised as its FTPError."""
         try:
             response = protocol.to_response(streams.read_header(self.reader))
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise errors.TimeoutError_("the server did not answer in time") from None
         except streams.ConnectionClosed:
             raise streams.ConnectionClosed("the server closed the connection") from None
@@ -161,7 +158,7 @@ class Connection:
             pass
         self.close()
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -50,7 +50,11 @@ def expand_local(pattern: str) -> list[Path]:
 
 def safe_name(name: object) -> bool:
     """One plain path component: not empty, not ``.``/``..``, no ``/``, NUL or backslash."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\x00")
+    )
 
 
 def expand_remote(conn: Connection, pattern: str) -> list[tuple[str, dict[str, Any]]]:
@@ -65,18 +69,25 @@ def expand_remote(conn: Connection, pattern: str) -> list[tuple[str, dict[str, A
         raise PatternError(f"{pattern}: wildcards are allowed only after the last '/'")
     listing = (folder or "/") if sep else None
     entries = [
-        e for e in conn.listdir(listing, show_all=last.startswith("."))
+        e
+        for e in conn.listdir(listing, show_all=last.startswith("."))
         if not e.get("undecodable") and safe_name(e.get("name"))
     ]
     # ``ls`` of a file lists that file: when that may be so, make sure it is a folder.
-    maybe_file = listing is not None and len(entries) == 1 and entries[0]["name"] == posixpath.basename(folder)
+    maybe_file = (
+        listing is not None
+        and len(entries) == 1
+        and entries[0]["name"] == posixpath.basename(folder)
+    )
     if maybe_file and conn.call("stat", path=listing).data.get("type") != "dir":
         raise errors.ConflictError(f"{folder}: not a directory")
     prefix = folder + sep
     literal = [e for e in entries if e["name"] == last]
     matches = literal or [
-        e for e in entries
-        if fnmatch.fnmatchcase(e["name"], last) and (last.startswith(".") or not e["name"].startswith("."))
+        e
+        for e in entries
+        if fnmatch.fnmatchcase(e["name"], last)
+        and (last.startswith(".") or not e["name"].startswith("."))
     ]
     if not matches:
         raise no_match(pattern)

@@ -91,16 +91,18 @@ def _bar_class() -> Any:
     """A tqdm subclass that supplies our figures to BAR_FORMAT (made on first use)."""
     global _BAR_CLASS
     if _BAR_CLASS is None:
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from tqdm import tqdm
 
-        class Bar(tqdm):  # type: ignore[misc, valid-type]
+        class Bar(tqdm):
             monitor_interval = 0  # no monitor thread: our bars are refreshed by updates
 
             @property
             def format_dict(self) -> dict[str, Any]:
                 d = super().format_dict
                 d["ncols"] = _columns(d.get("ncols"))
-                d["prefix"] = shorten(self.desc or "", max(MIN_NAME_WIDTH, d["ncols"] - FIGURES_WIDTH))
+                d["prefix"] = shorten(
+                    self.desc or "", max(MIN_NAME_WIDTH, d["ncols"] - FIGURES_WIDTH)
+                )
                 speed = d.get("rate")
                 if not speed and d.get("elapsed"):
                     speed = (d["n"] - d.get("initial", 0)) / d["elapsed"]
@@ -192,7 +194,7 @@ class Bars:
 
     def write(self, text: str, stream: Any = None) -> None:
         """Print a line without tearing the bars (they are redrawn below it)."""
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from tqdm import tqdm
 
         tqdm.write(text, file=stream if stream is not None else self.fp)
 

@@ -429,7 +429,9 @@ class Shell(cmd.Cmd):
                 continue
             for path, entry in patterns.expand_remote(self.conn, arg):
                 if entry.get("type") == "dir" and not recursive:
-                    raise errors.ConflictError(f"{path}: is a directory (use rm -r); nothing removed")
+                    raise errors.ConflictError(
+                        f"{path}: is a directory (use rm -r); nothing removed"
+                    )
                 targets.append(path)
         for path in targets:
             self.conn.call("rm", path=path, recursive=True if recursive else None)
@@ -494,7 +496,9 @@ class Shell(cmd.Cmd):
             root = dest(tree.name)
             self.conn.call("mkdir", path=root, parents=True)
             for d in dirs:
-                self.conn.call("mkdir", path=posixpath.join(root, d.relative_to(tree).as_posix()), parents=True)
+                self.conn.call(
+                    "mkdir", path=posixpath.join(root, d.relative_to(tree).as_posix()), parents=True
+                )
             pairs += [(f, posixpath.join(root, f.relative_to(tree).as_posix())) for f in tree_files]
         self._put_pairs(pairs, preserve, each=True)
         return None
@@ -510,7 +514,9 @@ class Shell(cmd.Cmd):
         dirs, files = transfer.walk_local(local)
         self.conn.call("mkdir", path=remote, parents=True)
         for d in dirs:
-            self.conn.call("mkdir", path=posixpath.join(remote, d.relative_to(local).as_posix()), parents=True)
+            self.conn.call(
+                "mkdir", path=posixpath.join(remote, d.relative_to(local).as_posix()), parents=True
+            )
         pairs = [(f, posixpath.join(remote, f.relative_to(local).as_posix())) for f in files]
         self._put_pairs(pairs, preserve, each=False)
         self.say(f"put {len(files)} files, {len(dirs) + 1} directories to {remote}")
@@ -534,8 +540,13 @@ class Shell(cmd.Cmd):
                 pass  # put_many reports it, in order
         with self._overall(len(pairs), total):
             transfer.put_many(
-                self.conn, pairs, self.progress, self.notice, digest=self.digest,
-                preserve=preserve, done=done,
+                self.conn,
+                pairs,
+                self.progress,
+                self.notice,
+                digest=self.digest,
+                preserve=preserve,
+                done=done,
             )
 
     def do_get(self, line: str) -> None:
@@ -549,7 +560,9 @@ class Shell(cmd.Cmd):
         opts, args = self._options(line, usage, "rp", 1, 2)
         recursive, preserve = "r" in opts, "p" in opts
         target = Path(args[1]).expanduser() if len(args) == 2 else None
-        matches = patterns.expand_remote(self.conn, args[0]) if patterns.has_magic(args[0]) else None
+        matches = (
+            patterns.expand_remote(self.conn, args[0]) if patterns.has_magic(args[0]) else None
+        )
         if matches is None or len(matches) == 1:
             remote = args[0] if matches is None else matches[0][0]
             entry = {} if matches is None else matches[0][1]
@@ -560,8 +573,14 @@ class Shell(cmd.Cmd):
             if local.is_dir():
                 local = local / name
             result = transfer.get_file(
-                self.conn, remote, local, self.progress, self.notice, self.digest,
-                preserve=preserve, known_mtime=entry.get("mtime"),
+                self.conn,
+                remote,
+                local,
+                self.progress,
+                self.notice,
+                self.digest,
+                preserve=preserve,
+                known_mtime=entry.get("mtime"),
             )
             self._report("got", result)
             return None
@@ -581,7 +600,10 @@ class Shell(cmd.Cmd):
                     (top / posixpath.relpath(d, path)).mkdir(parents=True, exist_ok=True)
                 jobs += [(p, top / posixpath.relpath(p, path), e) for p, e in files]
             else:
-                self.notice(f"skipping {path}: " + ("a directory (use get -r)" if kind == "dir" else "not a file"))
+                self.notice(
+                    f"skipping {path}: "
+                    + ("a directory (use get -r)" if kind == "dir" else "not a file")
+                )
         if not jobs and not (recursive and any(e.get("type") == "dir" for _p, e in matches)):
             raise errors.NotFoundError(f"no files match {args[0]}")
         self._get_jobs(jobs, folder, preserve, each=True)
@@ -610,8 +632,14 @@ class Shell(cmd.Cmd):
                 if self.bars is None or self.bars.overall is None:
                     self.notice(f"[{i}/{len(jobs)}] {path}")
                 result = transfer.get_file(
-                    self.conn, path, target, self.progress, self.notice, self.digest,
-                    preserve=preserve, known_mtime=entry.get("mtime"),
+                    self.conn,
+                    path,
+                    target,
+                    self.progress,
+                    self.notice,
+                    self.digest,
+                    preserve=preserve,
+                    known_mtime=entry.get("mtime"),
                 )
                 if self.bars is not None:
                     self.bars.file_done(result.size)
@@ -624,7 +652,8 @@ class Shell(cmd.Cmd):
     def _report(self, verb: str, result: transfer.Result) -> None:
         resumed = f", resumed at byte {result.offset}" if result.offset else ""
         self.say(
-            f"{verb} {result.path}: {result.size} bytes, {self.digest} {result.checksum} verified{resumed}"
+            f"{verb} {result.path}: {result.size} bytes, "
+            f"{self.digest} {result.checksum} verified{resumed}"
         )
 
     # --- local -------------------------------------------------------------------
@@ -648,7 +677,15 @@ class Shell(cmd.Cmd):
         show = _format_long if "l" in opts else _format_entry
         for p in paths:
             st = p.lstat()
-            kind = "dir" if p.is_dir() else "file" if p.is_file() else "link" if p.is_symlink() else "other"
+            kind = (
+                "dir"
+                if p.is_dir()
+                else "file"
+                if p.is_file()
+                else "link"
+                if p.is_symlink()
+                else "other"
+            )
             if p.is_symlink() and kind != "link":
                 st = p.stat()
             entry = {"name": p.name, "type": kind, "size": st.st_size, "mtime": st.st_mtime}
@@ -695,7 +732,13 @@ class Shell(cmd.Cmd):
         return _matching(folder + sep, stem, entries, dirs_only)
 
     def _complete(
-        self, text: str, line: str, begidx: int, endidx: int, local_first: bool = False, dirs: bool = False
+        self,
+        text: str,
+        line: str,
+        begidx: int,
+        endidx: int,
+        local_first: bool = False,
+        dirs: bool = False,
     ) -> list[str]:
         """Complete the shell-quoted word under the cursor; results come back quoted too.
 
@@ -754,7 +797,9 @@ class _Overall:
             self.bars.finish(ok=kind is None)
 
 
-def _matching(prefix: str, stem: str, entries: list[tuple[str, bool]], dirs_only: bool) -> list[str]:
+def _matching(
+    prefix: str, stem: str, entries: list[tuple[str, bool]], dirs_only: bool
+) -> list[str]:
     """Completions: names starting with ``stem``, directories with a trailing ``/``."""
     return sorted(
         prefix + name + ("/" if is_dir else "")
@@ -830,7 +875,8 @@ def _format_long(e: dict[str, Any]) -> str:
     kind = str(e.get("type", "unknown"))
     size = _int(e.get("size"))
     shown = str(size) if kind == "file" and size is not None else "-"
-    return f"{mode_string(kind, e.get('mode'))} {shown:>12}  {_when(e.get('mtime', 0))}  {_name(e)}{_unfinished(e)}"
+    when = _when(e.get("mtime", 0))
+    return f"{mode_string(kind, e.get('mode'))} {shown:>12}  {when}  {_name(e)}{_unfinished(e)}"
 
 
 def run_batch(shell: Shell, commands: list[BatchCommand] | list[str]) -> int:
@@ -879,7 +925,7 @@ def interact(shell: Shell) -> int:
                 break
             except KeyboardInterrupt:
                 print("^C")
-                shell.intro = None
+                shell.intro = ""  # no second greeting after ^C
     finally:
         if readline is not None:
             try:

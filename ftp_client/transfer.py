@@ -106,7 +106,8 @@ def is_busy(exc: BaseException) -> bool:
         return False
     text = exc.message.lower()
     return "retry_after" in exc.data or any(
-        hint in text for hint in ("another session", "being uploaded", "another upload", "in progress")
+        hint in text
+        for hint in ("another session", "being uploaded", "another upload", "in progress")
     )
 
 
@@ -190,7 +191,7 @@ def put_file(
             pause = min(pause * 2, 2.0)
 
 
-def _put_once(conn, local, remote, progress, notice, digest, preserve) -> Result:  # type: ignore[no-untyped-def]
+def _put_once(conn, local, remote, progress, notice, digest, preserve) -> Result:
     with open(local, "rb") as f:
         size = _regular_size(f, local)
         mtime = _local_time(f, local, notice) if preserve else None
@@ -304,7 +305,13 @@ def _regular_size(f: Any, local: Path) -> int:
 
 
 def _send_inline(
-    conn: Connection, f: Any, size: int, local: Path, remote: str, digest: str, mtime: float | None = None
+    conn: Connection,
+    f: Any,
+    size: int,
+    local: Path,
+    remote: str,
+    digest: str,
+    mtime: float | None = None,
 ) -> None:
     """One frame holding the whole (small) file and its digest; the answer is read later."""
     data = f.read(size + 1)
@@ -325,7 +332,7 @@ def _arg(digest: str) -> str | None:
     return None if digest == protocol.DEFAULT_DIGEST else digest
 
 
-def _put_stream(conn, f, size, remote, progress, notice, digest, mtime=None) -> Result:  # type: ignore[no-untyped-def]
+def _put_stream(conn, f, size, remote, progress, notice, digest, mtime=None) -> Result:
     # A resumed upload's 150 comes after the daemon re-hashed its partial (up to ``size``
     # bytes): allow for that at a conservative 50 MB/s on top of the usual timeout.
     timeout = conn.sock.gettimeout()
@@ -429,7 +436,9 @@ def get_file(
     if olds:
         checksum = _digest_in(olds[0])
         offset = olds[0].stat().st_size
-    response = conn.call("get", path=remote, offset=offset or None, checksum=checksum, digest=_arg(digest))
+    response = conn.call(
+        "get", path=remote, offset=offset or None, checksum=checksum, digest=_arg(digest)
+    )
     data = response.data
     size, start, remote_sum = int(data["size"]), int(data["offset"]), str(data["checksum"])
     if not protocol.is_hex_digest(remote_sum) or start > size or response.body != size - start:
@@ -488,12 +497,15 @@ def _digest_in(partial: Path) -> str:
 
 def walk_local(root: Path) -> tuple[list[Path], list[Path]]:
     """(directories, files) under ``root``, parents first; symlinks are not followed."""
-    dirs, files = [], []
+    dirs: list[Path] = []
+    files: list[Path] = []
     for folder, subdirs, names in os.walk(root):
         subdirs.sort()
         base = Path(folder)
         dirs.extend(base / d for d in subdirs if not (base / d).is_symlink())
-        files.extend(base / n for n in sorted(names) if (base / n).is_file() and not (base / n).is_symlink())
+        files.extend(
+            base / n for n in sorted(names) if (base / n).is_file() and not (base / n).is_symlink()
+        )
     return dirs, files
 
 
@@ -512,7 +524,9 @@ def walk_remote(conn: Connection, root: str) -> tuple[list[str], list[tuple[str,
     return dirs, [(path, int(entry["size"])) for path, entry in files]
 
 
-def walk_remote_entries(conn: Connection, root: str) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+def walk_remote_entries(
+    conn: Connection, root: str
+) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
     """(directories, (file, its listing entry)) under remote ``root``, parents first."""
     dirs: list[str] = []
     files: list[tuple[str, dict[str, Any]]] = []
@@ -521,7 +535,7 @@ def walk_remote_entries(conn: Connection, root: str) -> tuple[list[str], list[tu
         folder = stack.pop()
         for entry in conn.listdir(folder, show_all=True):
             name = entry.get("name")
-            if entry.get("undecodable") or not _safe_name(name):
+            if entry.get("undecodable") or not isinstance(name, str) or not _safe_name(name):
                 continue  # a hostile server must not steer writes outside the target
             path = posixpath.join(folder, name)
             if entry.get("type") == "dir":

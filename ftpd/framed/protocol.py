@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ftpd.errors import BadRequestError, HeaderTooLargeError, ProtocolError, UnknownCommandError
 
@@ -239,7 +240,9 @@ def to_request(header: dict[str, Any]) -> Request:
     """
     body = _body_field(header)
     if body is not None and body > MAX_INLINE_BODY:
-        raise ProtocolError(f"a request body is at most {MAX_INLINE_BODY} bytes; use a two-phase put")
+        raise ProtocolError(
+            f"a request body is at most {MAX_INLINE_BODY} bytes; use a two-phase put"
+        )
     cmd = header.get("cmd")
     if not isinstance(cmd, str):
         raise ProtocolError("a request needs a string 'cmd'")
@@ -276,9 +279,7 @@ def check_args(spec: Command, args: dict[str, Any], body: int | None = None) -> 
                 bool: "true or false",
                 float: "a time in seconds since 1970 (a number)",
             }
-            raise BadRequestError(
-                f"{spec.name}: {name!r} must be {want[arg.kind]}", body=body
-            )
+            raise BadRequestError(f"{spec.name}: {name!r} must be {want[arg.kind]}", body=body)
     for name, arg in spec.args.items():
         if arg.required and name not in args:
             raise BadRequestError(f"{spec.name}: missing argument {name!r}", body=body)
@@ -311,7 +312,7 @@ def to_data(header: dict[str, Any]) -> Data:
 def to_end(header: dict[str, Any]) -> End:
     """Validate the trailer of a two-phase put: only a hex ``checksum``."""
     checksum = header.get("checksum")
-    if set(header) != {"checksum"} or not is_hex_digest(checksum):
+    if set(header) != {"checksum"} or not isinstance(checksum, str) or not is_hex_digest(checksum):
         raise ProtocolError("expected an end frame with only a hex 'checksum'")
     return End(checksum)
 

@@ -3,8 +3,8 @@
 One thread per connection runs a ``FramedSession``.  Everything sessions share lives in
 ``ftpd.core`` (accounts, the runtime registry with its limits and claims, the file
 services): this module only accepts, admits through the runtime, and greets.  It must
-never block the accept loop on a client: refusals and TLS handshakes happen in the
-session's thread.
+never block the accept loop on a client: refusals in clear and TLS handshakes happen in
+the session's thread, and a refused TLS connection is only closed (which never blocks).
 """
 
 from __future__ import annotations
@@ -70,14 +70,24 @@ class FramedServer(socketserver.ThreadingTCPServer):
     # --- connection limits -----------------------------------------------------------
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit every connection to a thread; over-limit ones are only told why there.
+        """Count the connection against the limits; decide how an over-limit one ends.
 
-        The refusal (a 421 frame) is sent from the session's own thread, so a slow or
-        TLS-handshaking client never stalls the accept loop.
+        In clear, a refused connection still gets a thread, which sends the 421 frame
+        with a short timeout and ends, so a slow client never stalls the accept loop.
+        Over TLS a 421 frame could only be read after a handshake, and a thread and a
+        handshake per connection are what a flood must not get (issue 9: 150 stalled
+        handshakes gave 152 threads), so a refused TLS connection is closed here, before
+        any handshake, and no thread is started for it.  Handshakes of admitted
+        connections run in their sessions' threads and count against the limits.
         """
-        reason = self.runtime.admit(request, str(client_address[0]))
-        if reason is not None:
-            self._refused[request] = reason
+        ip = str(client_address[0])
+        reason = self.runtime.admit(request, ip)
+        if reason is None:
+            return True
+        if self.ssl_context is not None:
+            logger.warning("REFUSED ip=%s: %s (closed before the TLS handshake)", ip, reason)
+            return False  # socketserver calls shutdown_request: closed at once
+        self._refused[request] = reason
         return True
 
     def refusal(self, request: Any) -> str | None:

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from ftpd.framed import protocol
 from ftpd.errors import BadRequestError, ProtocolError
+from ftpd.framed import protocol
+
+
+class Readable(Protocol):
+    """What the copies read from: a socket reader, a file opened "rb", a BytesIO."""
+
+    def read(self, size: int, /) -> bytes | None: ...
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
 
 #: Copy buffer: large enough that per-call overhead vanishes next to md5 and the kernel.
 CHUNK = 1 << 20
@@ -34,7 +43,7 @@ def new_hasher(digest: str = protocol.DEFAULT_DIGEST) -> Any:
     return hashlib.new(digest, usedforsecurity=False)
 
 
-def read_exact(rfile: BinaryIO, size: int) -> bytes:
+def read_exact(rfile: Readable, size: int) -> bytes:
     """Read exactly ``size`` bytes or raise ConnectionClosed."""
     data = rfile.read(size)
     if data is None or len(data) != size:
@@ -42,7 +51,7 @@ def read_exact(rfile: BinaryIO, size: int) -> bytes:
     return data
 
 
-def read_header(rfile: BinaryIO) -> dict[str, Any]:
+def read_header(rfile: Readable) -> dict[str, Any]:
     """Read one frame's header.  An oversize length is refused before reading further.
 
     Raises:
@@ -59,7 +68,7 @@ def read_header(rfile: BinaryIO) -> dict[str, Any]:
 
 
 def copy_exact(
-    rfile: BinaryIO,
+    rfile: Readable,
     sink: Callable[[memoryview], object] | None,
     size: int,
     hasher: Any = None,
@@ -91,7 +100,9 @@ def copy_exact(
         left -= n
 
 
-def hash_file(fobj: BinaryIO, size: int | None = None, digest: str = "md5", chunk: int = CHUNK) -> Any:
+def hash_file(
+    fobj: Readable, size: int | None = None, digest: str = "md5", chunk: int = CHUNK
+) -> Any:
     """Hash ``size`` bytes (default: all) from the current position; returns the hasher."""
     hasher = new_hasher(digest)
     buf = bytearray(chunk)

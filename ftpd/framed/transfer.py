@@ -122,7 +122,9 @@ def send_download(h: FramedSession, request: Request) -> None:
         h.closing = True
         logger.warning(
             "GET user=%s path=%s short by %d bytes; closing",
-            h.user, clean(download.shown), count - sent,
+            h.user,
+            clean(download.shown),
+            count - sent,
         )
         return
     elapsed = max(time.monotonic() - started, 1e-9)

@@ -96,8 +96,7 @@ class LocalLedger:
         count = self._entries + self._reserved_entries
         if entries and limits.entries is not None and count + entries > limits.entries:
             raise QuotaExceededError(
-                f"quota exceeded: at most {limits.entries} files and folders "
-                f"({count} already)",
+                f"quota exceeded: at most {limits.entries} files and folders ({count} already)",
                 available_files=max(0, limits.entries - count),
                 max_files=limits.entries,
                 files=self._entries,

@@ -423,7 +423,10 @@ class LocalTree:
         return hit
 
     def remove(
-        self, parts: Parts, recursive: bool = False, on_removed: Callable[[Removed], None] = lambda r: None
+        self,
+        parts: Parts,
+        recursive: bool = False,
+        on_removed: Callable[[Removed], None] = lambda r: None,
     ) -> Removed:
         """Remove a file or link (the link itself), or with ``recursive`` a whole folder.
 
