@@ -1,4 +1,4 @@
-"""Property tests (hypothesis): the decoder, request validation and the jail under random input.
+"""Property tests (hypothesis): the decoder, request validation and path confinement.
 
 FUZZ_EXAMPLES sets the examples per property: the default keeps CI fast, a local run can
 go long (FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py).  Properties:
@@ -6,8 +6,9 @@ go long (FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py).  Properties:
 - the frame decoder, fed any bytes in any pieces, raises nothing but FTPError;
 - near-valid request frames through parse_header + to_request raise only known wire errors,
   and whatever they accept is a well-formed request;
-- the jail never yields a real path outside the home (or into .ftpd), with or without a
-  farm of symlinks, and only raises FTPError.
+- the file service (``FileService.normalize``/``resolve``/``stat``/``cd`` over the storage
+  walk) never yields a real path outside the home (or into .ftpd), with or without a farm
+  of symlinks, and only raises FTPError.
 """
 
 from __future__ import annotations
@@ -22,17 +23,25 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ftpd.framed import protocol
+from ftpd.accounts.throttle import LoginThrottle
+from ftpd.accounts.users import User, UserStore
+from ftpd.core.files import FileService
+from ftpd.core.login import Accounts
+from ftpd.core.runtime import Runtime
 from ftpd.errors import ERROR_CLASSES, FTPError, ProtocolError
-from ftpd.jail import RESERVED, Jail
+from ftpd.framed import protocol
 from ftpd.framed.protocol import (
     COMMANDS,
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
     MAX_INLINE_BODY,
+    MAX_TIME_S,
     BodyChunk,
     Frame,
 )
+from ftpd.state.local import LocalClaims, LocalLedgers
+from ftpd.storage.base import PARTIAL_PREFIX, RESERVED
+from ftpd.storage.local import LocalStorage
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")),
@@ -147,6 +156,11 @@ _RIGHT_KIND = {
     str: _any_text,
     int: st.integers(0, MAX_BODY_BYTES),
     bool: st.booleans(),
+    float: st.one_of(  # a time: any number of seconds from 0 to MAX_TIME_S
+        st.integers(0, int(MAX_TIME_S)),
+        st.floats(0, MAX_TIME_S),
+        st.sampled_from([0, 0.0, 1.5, MAX_TIME_S]),
+    ),
 }
 _cmd_names = st.one_of(
     st.sampled_from(sorted(COMMANDS)),
@@ -191,6 +205,10 @@ def _check_request(request: protocol.Request, header: dict[str, Any]) -> None:
     assert request.cmd == header["cmd"]
     for name, value in request.args.items():
         kind = spec.args[name].kind
+        if kind is float:  # a time: an int or a float, never a bool, never NaN
+            assert type(value) in (int, float)
+            assert 0 <= value <= MAX_TIME_S
+            continue
         assert type(value) is kind
         if kind is int:
             assert 0 <= value <= MAX_BODY_BYTES
@@ -234,7 +252,7 @@ def test_fuzz_encoded_requests_decode_or_refuse_locally(header: dict[str, Any]) 
     assert protocol.to_request(event.header) == request
 
 
-# --- the jail -------------------------------------------------------------------------------
+# --- path confinement ------------------------------------------------------------------------
 
 _TOKENS = [
     "..",
@@ -246,6 +264,7 @@ _TOKENS = [
     "\n",
     "\x7f",
     RESERVED,
+    PARTIAL_PREFIX,
     "a",
     "b",
     "docs",
@@ -271,6 +290,7 @@ _LINKS = [
     "loop1",
     "dangle",
     "abs_in",
+    "abs_root",
     "docs/up2",
 ]
 
@@ -281,10 +301,17 @@ def _vpaths(extra_tokens: list[str]) -> st.SearchStrategy[str]:
     deep = st.builds(
         lambda n, step, tail: step * n + tail,
         st.integers(0, 2000),
-        st.sampled_from(["../", "a/", "./", "//", "a/../", "self/", "up/"]),
+        st.sampled_from(["../", "a/", "./", "//", "a/../", "self/", "up/", "chain/b/top/"]),
         parts,
     )
     return st.one_of(parts, deep, st.lists(token, max_size=8).map("/".join))
+
+
+def _files(home: Path) -> FileService:
+    storage = LocalStorage(home.parent, fsync=False)
+    users = UserStore({home.name: User(home.name, "!", None)})
+    accounts = Accounts(users, LoginThrottle(5, 60, 0), storage, LocalLedgers())
+    return FileService(accounts.context(home.name), accounts, Runtime(8, 8, LocalClaims()))
 
 
 def _assert_inside(real: Path, root: Path) -> None:
@@ -295,43 +322,56 @@ def _assert_inside(real: Path, root: Path) -> None:
     assert not (rel.parts and rel.parts[0] == RESERVED), real
 
 
-def _probe(jail: Jail, vpath: str) -> None:
-    root = jail.root
+def _assert_parts_inside(parts: tuple[str, ...], root: Path, follow: bool) -> None:
+    """Real parts from the walk: plain names, not reserved, and inside on disk too."""
+    assert all(p not in ("", ".", "..") and "/" not in p for p in parts), parts
+    assert not (parts and parts[0] == RESERVED), parts
+    assert not any(p.startswith(PARTIAL_PREFIX) for p in parts), parts
+    real = root.joinpath(*parts)
+    _assert_inside(real, root)
+    if follow and os.path.lexists(real):
+        _assert_inside(Path(os.path.realpath(real)), root)
+    else:  # a missing name, or the entry itself (maybe a link): its folder is inside
+        _assert_inside(Path(os.path.realpath(real.parent if parts else real)), root)
+
+
+def _probe(files: FileService, vpath: str) -> None:
+    root = Path(files.tree.root)  # type: ignore[attr-defined]
     try:
-        virtual = jail.normalize(vpath)
+        virtual = files.normalize(vpath)
     except Exception as exc:  # noqa: BLE001
         _assert_wire_error(exc)
     else:
         assert isinstance(virtual, PurePosixPath) and virtual.is_absolute()
         assert ".." not in virtual.parts and "." not in virtual.parts
         assert not (len(virtual.parts) > 1 and virtual.parts[1] == RESERVED)
-    for call in (jail.resolve, jail.existing):
+    for follow in (True, False):
         try:
-            real = call(vpath)
+            shown, parts, entry = files.resolve(vpath, follow)
         except Exception as exc:  # noqa: BLE001
             _assert_wire_error(exc)
         else:
-            _assert_inside(real, root)
-            _assert_inside(Path(os.path.realpath(real)), root)
+            assert shown == str(files.normalize(vpath))
+            _assert_parts_inside(parts, root, follow)
+            if entry is not None and entry.kind == "link":
+                assert not follow  # a followed link is described or refused
     try:
-        entry = jail.resolve_entry(vpath)
+        files.stat(vpath)
     except Exception as exc:  # noqa: BLE001
         _assert_wire_error(exc)
-    else:
-        _assert_inside(entry, root)  # the entry itself may be a link; its folder is inside
-        assert entry != root
-        _assert_inside(Path(os.path.realpath(entry.parent)), root)
-    cwd = jail.cwd
+    cwd = files.cwd
     try:
-        jail.chdir(vpath)
+        files.cd(vpath)
     except Exception as exc:  # noqa: BLE001
         _assert_wire_error(exc)
-        assert jail.cwd == cwd
+        assert files.cwd == cwd
     else:
-        _assert_inside(jail.resolve(""), root)
-        assert Path(os.path.realpath(jail.resolve(""))).is_dir()
+        _, parts, entry = files.resolve("")
+        assert entry is not None and entry.kind == "dir"
+        _assert_parts_inside(parts, root, True)
+        assert Path(os.path.realpath(root.joinpath(*parts))).is_dir()
     finally:
-        jail.cwd = cwd
+        files.cwd = cwd
 
 
 @pytest.fixture(scope="module")
@@ -369,9 +409,11 @@ def farm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "loop2": Path("loop1"),
         "dangle": Path("nowhere/deeper"),
         "abs_in": home / "docs",
+        "abs_root": home,
         "docs/up2": Path("../.."),
         "docs/a/b/top": Path("../../.."),
         "docs/a/b/res": Path("../../../" + RESERVED + "/partial"),
+        "docs/a/b/part": Path("../" + PARTIAL_PREFIX + "x"),
         "docs/evil": Path("../loop1/../../outside"),
     }
     for name, target in links.items():
@@ -379,20 +421,26 @@ def farm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def _snapshot(root: Path) -> list[tuple[str, ...]]:
+    return sorted(tuple(sorted(names)) for _, _, names in os.walk(root.parent.parent))
+
+
 @FUZZ
 @given(vpath=_vpaths([]), cwd=st.sampled_from(["/", "/docs", "/docs/a"]))
-def test_fuzz_jail_stays_inside(plain_home: Path, vpath: str, cwd: str) -> None:
-    jail = Jail(plain_home, cwd)
-    _probe(jail, vpath)
+def test_fuzz_paths_stay_inside(plain_home: Path, vpath: str, cwd: str) -> None:
+    files = _files(plain_home)
+    files.cd(cwd)
+    _probe(files, vpath)
 
 
 @FUZZ
 @given(vpath=_vpaths(_LINKS), cwd=st.sampled_from(["/", "/docs", "/chain", "/docs/a/b"]))
-def test_fuzz_jail_stays_inside_with_symlink_farm(farm_home: Path, vpath: str, cwd: str) -> None:
-    before = sorted(p.name for p in farm_home.iterdir())
-    jail = Jail(farm_home, cwd)
-    _probe(jail, vpath)
-    assert sorted(p.name for p in farm_home.iterdir()) == before  # the jail only looks
+def test_fuzz_paths_stay_inside_with_symlink_farm(farm_home: Path, vpath: str, cwd: str) -> None:
+    before = _snapshot(farm_home)
+    files = _files(farm_home)
+    files.cd(cwd)
+    _probe(files, vpath)
+    assert _snapshot(farm_home) == before  # looking changes nothing
 
 
 @pytest.mark.parametrize(
@@ -407,11 +455,21 @@ def test_fuzz_jail_stays_inside_with_symlink_farm(farm_home: Path, vpath: str, c
         "self/" + RESERVED,
         "docs/a/b/top/outside/secret",
         "docs/a/b/res",
+        "docs/a/b/part",
         "docs/evil",
         "chain/b/top/../alice2",
         "loop1/x",
+        "abs_root/" + RESERVED,
+        "self/" * 50 + "docs",
     ],
 )
-def test_fuzz_jail_farm_examples(farm_home: Path, vpath: str) -> None:
+def test_fuzz_farm_examples(farm_home: Path, vpath: str) -> None:
     """The farm's known traps, as fixed cases (they run even with FUZZ_EXAMPLES=1)."""
-    _probe(Jail(farm_home), vpath)
+    files = _files(farm_home)
+    _probe(files, vpath)
+    for follow in (True, False):
+        try:
+            _, parts, entry = files.resolve(vpath, follow)
+        except FTPError:
+            continue
+        assert entry is None or entry.kind in ("dir", "file", "link")
