@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+from io import TextIOWrapper
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -18,9 +19,24 @@ _OURS = "_ftpd_handler"
 
 
 def clean(text: object, limit: int = 200) -> str:
-    """Client text made safe for one log line: control characters escaped, length capped."""
-    out = repr(str(text))[1:-1]
+    """Client text made safe for one log field: escaped, and capped at ``limit`` characters.
+
+    Control characters, backslashes and single quotes are escaped (``\\n``, ``\\\\``,
+    ``\\'``), so the text can neither start a new line nor end a ``'...'`` field early
+    and forge the next one: ``user='x' ip=6.6.6.6'`` (issue 9) becomes
+    ``user='x\\' ip=6.6.6.6'``.  A cut never leaves a lone backslash before the quote.
+    """
+    quoted = repr(str(text))
+    out = quoted[1:-1]
+    if quoted[0] == '"':  # repr chose double quotes because of a "'": escape those too
+        out = out.replace("'", "\\'")
     return out if len(out) <= limit else out[:limit] + "..."
+
+
+def word(text: object, limit: int = 200) -> str:
+    """``clean`` for an unquoted ``key=value`` field: spaces escaped too (``\\x20``), so
+    the value is one word and cannot add a field of its own (``user=x ip=6.6.6.6``)."""
+    return clean(text, limit).replace(" ", "\\x20")
 
 
 def setup_logging(
@@ -38,7 +54,8 @@ def setup_logging(
     formatter = logging.Formatter(FORMAT)
     handlers: list[logging.Handler] = []
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        # Only the last component is made: a typo in log_dir must not grow a tree.
+        log_dir.mkdir(exist_ok=True)
         handlers.append(
             SizeRotatingHandler(
                 log_dir / LOG_FILE, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
@@ -65,7 +82,7 @@ class SizeRotatingHandler(logging.handlers.RotatingFileHandler):
     every open, and rotation renames by name as before.
     """
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> TextIOWrapper:
         stream = super()._open()
         self._written = stream.seek(0, 2)
         return stream

@@ -178,7 +178,7 @@ class UserStore:
         return None
 
     @classmethod
-    def load(cls, path: Path) -> "UserStore":
+    def load(cls, path: Path) -> UserStore:
         """Load and validate the whole file; any problem rejects it whole.
 
         Raises:
@@ -236,7 +236,9 @@ def _parse_user(doc: yamldoc.Doc, name: object, fields: object, problems: list) 
             problems.append(doc.problem(str(exc), *key, "quota"))
     max_files = fields.get("max_files")
     if max_files is not None and (type(max_files) is not int or max_files < 0):
-        problems.append(doc.problem("must be a whole number of files and folders", *key, "max_files"))
+        problems.append(
+            doc.problem("must be a whole number of files and folders", *key, "max_files")
+        )
     disabled = fields.get("disabled", False)
     if not isinstance(disabled, bool):
         problems.append(doc.problem("must be true or false", *key, "disabled"))

@@ -1,27 +1,36 @@
-"""``ftpd user add|passwd|quota|disable|enable|del|list``: accounts without editing hashes by hand.
+"""``ftpd user add|passwd|quota|disable|enable|del|list|unlock``: accounts without editing hashes.
 
 Each subcommand validates its input (name, size unit, password) and then calls
 ``useredit``, which keeps the admin's comments and replaces the file atomically; a
-running daemon picks the change up on reload (SIGHUP).  This module must never write
-the users file itself, and never print a password.
+running daemon picks the change up on reload (SIGHUP).  ``unlock`` is the exception: the
+login locks live in the daemon's memory, so it asks the daemon over its control socket
+(``ftpd.control``).  This module must never write the users file itself, and never
+print a password.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ftpd import config as config_mod
-from ftpd.admin import useredit
+from ftpd import control
 from ftpd.accounts.users import UserStore, check_name, hash_password
+from ftpd.admin import useredit
 from ftpd.storage.local import LocalStorage
 from ftpd.units import format_size, parse_size
+
+MAX_PASSWORD_BYTES = 72  # bcrypt's: it ignores the rest, and passlib refuses it
 
 
 def add_parser(sub: argparse._SubParsersAction, default_config: Path) -> None:
     user = sub.add_parser("user", help="manage accounts in the users file")
-    user.add_argument("--config", type=Path, default=default_config, help="ftpd.yaml (default: %(default)s)")
+    user.add_argument(
+        "--config", type=Path, default=default_config, help="ftpd.yaml (default: %(default)s)"
+    )
     verbs = user.add_subparsers(metavar="ACTION", required=True)
     # Also after the action (`ftpd user list --config X`, as with `ftpd serve --config X`);
     # SUPPRESS: an action given none leaves the value parsed before it in place.
@@ -65,6 +74,53 @@ def add_parser(sub: argparse._SubParsersAction, default_config: Path) -> None:
     )
     listing.set_defaults(func=_list)
 
+    unlock = verbs.add_parser(
+        "unlock",
+        parents=[after],
+        help="lift a name's login locks, from every address, in the running daemon",
+    )
+    unlock.add_argument("name")
+    unlock.set_defaults(func=_unlock)
+
+
+def read_password(prompt: str = "Password: ") -> str:
+    """A hidden prompt asked twice on a terminal; else one line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if first != getpass.getpass("Again: "):
+            raise SystemExit("ftpd: the passwords differ")
+    else:
+        try:
+            first = sys.stdin.readline().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise SystemExit("ftpd: the password is not valid UTF-8 text") from None
+    if not first:
+        raise SystemExit("ftpd: empty password")
+    why = password_problem(first)
+    if why:
+        raise SystemExit(f"ftpd: {why}")
+    return first
+
+
+def password_problem(password: str) -> str | None:
+    """Why bcrypt (the default scheme, accounts.users) cannot hash ``password``, or None.
+
+    bcrypt reads 72 bytes and no NUL; passlib refuses more rather than truncate, and that
+    was a traceback at ``ftpd user add`` (issue 9): say so in one line instead.
+    """
+    try:
+        size = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the password is not valid UTF-8 text"
+    if size > MAX_PASSWORD_BYTES:
+        return (
+            f"the password is {size} bytes long; at most {MAX_PASSWORD_BYTES} bytes "
+            "(UTF-8) are allowed, bcrypt's limit"
+        )
+    if "\0" in password:
+        return "a password cannot contain a NUL character"
+    return None
+
 
 def _users_file(args: argparse.Namespace) -> tuple[config_mod.ServerConfig, Path]:
     cfg = config_mod.load(args.config)
@@ -81,7 +137,7 @@ def _checked_size(text: str) -> str | int | None:
     return int(text) if text.isdigit() else text
 
 
-def _run(action, *params) -> int:  # type: ignore[no-untyped-def]
+def _run(action: Callable[..., object], *params: object) -> int:
     try:
         action(*params)
     except useredit.UsersFileEditError as exc:
@@ -91,8 +147,6 @@ def _run(action, *params) -> int:  # type: ignore[no-untyped-def]
 
 
 def _add(args: argparse.Namespace) -> int:
-    from ftpd.cli import read_password
-
     why = check_name(args.name)
     if why:
         print(f"ftpd: {why}", file=sys.stderr)
@@ -106,8 +160,6 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    from ftpd.cli import read_password
-
     _, path = _users_file(args)
     status = _run(useredit.set_password, path, args.name, hash_password(read_password()))
     if not status:
@@ -137,7 +189,11 @@ def _quota(args: argparse.Namespace) -> int:
 
 def _toggle(args: argparse.Namespace) -> int:
     _, path = _users_file(args)
-    return _run(useredit.set_disabled, path, args.name, args.disabled)
+    status = _run(useredit.set_disabled, path, args.name, args.disabled)
+    if not status:
+        done = "disabled" if args.disabled else "enabled"
+        print(f"{done} {args.name}; reload the daemon to apply")
+    return status
 
 
 def _delete(args: argparse.Namespace) -> int:
@@ -153,7 +209,9 @@ def _list(args: argparse.Namespace) -> int:
     store = UserStore.load(path)
     storage = LocalStorage(cfg.home_root)
     # New columns go last, so scripts reading the older ones by position keep working.
-    print(f"{'USER':<20} {'USED':>12} {'QUOTA':>12} {'USE%':>5}  {'STATE':<8} {'FILES':>9} MAX_FILES")
+    print(
+        f"{'USER':<20} {'USED':>12} {'QUOTA':>12} {'USE%':>5}  {'STATE':<8} {'FILES':>9} MAX_FILES"
+    )
     for name in sorted(store.users):
         user = store.users[name]
         used, files, _ = storage.tree(name).usage()  # by descriptor: no path hides bytes
@@ -161,5 +219,21 @@ def _list(args: argparse.Namespace) -> int:
         pct = "-" if not user.quota_bytes else f"{100 * used // user.quota_bytes}%"
         most = "-" if user.max_files is None else str(user.max_files)
         state = "disabled" if user.disabled else "enabled"
-        print(f"{name:<20} {format_size(used):>12} {limit:>12} {pct:>5}  {state:<8} {files:>9} {most}")
+        print(
+            f"{name:<20} {format_size(used):>12} {limit:>12} {pct:>5}  {state:<8} {files:>9} {most}"
+        )
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    try:
+        reply = control.ask(cfg.control_path, {"cmd": "unlock", "user": args.name})
+    except control.ControlUnavailableError as exc:
+        print(f"ftpd: {exc}", file=sys.stderr)
+        return 1
+    if not reply["ok"]:
+        print(f"ftpd: the daemon refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(reply.get("message", f"unlocked {args.name}"))
     return 0

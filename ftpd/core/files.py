@@ -114,14 +114,16 @@ def _unfinished(info: PartialInfo) -> Entry:
 
 def _log_expired(user: str, info: PartialInfo, freed: int) -> None:
     logger.info(
-        "PARTIAL EXPIRED user=%s path=%s held=%d of %d freed=%d",
-        user, clean(virtual(info.parts), 200), info.held, info.expected, freed,
+        "PARTIAL EXPIRED user=%s path=%s held=%d of %s freed=%d",
+        user,
+        clean(virtual(info.parts), 200),
+        info.held,
+        info.expected,
+        freed,
     )
 
 
-def sweep_partials(
-    storage: Storage, ledgers: Ledgers, claims: Claims, ttl: float
-) -> int:
+def sweep_partials(storage: Storage, ledgers: Ledgers, claims: Claims, ttl: float) -> int:
     """Remove every unfinished upload idle past ``ttl`` in every home (the daemon's
     periodic sweep); uploads still receiving bytes hold a claim and are kept.  Returns
     the bytes freed."""
@@ -755,9 +757,7 @@ STREAM_STEP = 1024 * 1024
 class Download:
     """One download in one session thread: the open file and its whole-file digest."""
 
-    def __init__(
-        self, files: FileService, reader: Reader, shown: str, digest: str | None
-    ) -> None:
+    def __init__(self, files: FileService, reader: Reader, shown: str, digest: str | None) -> None:
         self.reader = reader
         self.shown = shown
         self.digest = digest

@@ -1,10 +1,10 @@
 """Accounts and login for every front end: the brake, the verify, the delay, the home.
 
-``Accounts.login`` is the one way in: it asks the throttle, verifies the password
-(``accounts.users``), waits out the failure delay, creates the home at first login and
-hands back a ``UserContext`` that the file service is built on.  ``Accounts.check``
-makes a reload visible: a user removed or disabled since login is refused at the next
-command, whatever protocol the session speaks.
+``Accounts.login`` is the one way in: it counts the attempt with the throttle (which may
+refuse it), verifies the password (``accounts.users``), waits out the failure delay,
+creates the home at first login and hands back a ``UserContext`` that the file service
+is built on.  ``Accounts.check`` makes a reload visible: a user removed or disabled
+since login is refused at the next command, whatever protocol the session speaks.
 
 This module must never see a frame, a reply code or a socket; and never a plaintext
 password beyond handing it to ``UserStore.authenticate``.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ftpd.accounts.throttle import LoginThrottle
 from ftpd.accounts.users import User, UserStore
-from ftpd.errors import LoginFailedError, UnavailableError
+from ftpd.errors import LoginFailedError, TooManyAttemptsError, UnavailableError
 from ftpd.logs import clean
 from ftpd.state.base import Ledger, Ledgers, Limits
 from ftpd.storage.base import Storage, Tree
@@ -51,18 +51,27 @@ class Accounts:
         self.users = users
 
     def login(self, name: str, password: str, ip: str) -> UserContext:
-        """Check the brake, verify, and open the user's home.
+        """Count the attempt with the brake, verify, and open the user's home.
 
         Raises:
-            TooManyAttemptsError: the name or the address is locked.
+            TooManyAttemptsError: the (name, address) pair or the address is locked.
             LoginFailedError: wrong name or password (after the failure delay).
         """
-        self.throttle.check(name, ip)
-        account = self.users.authenticate(name, password)
+        try:
+            # Counted before the check, so parallel attempts get no more checks (issue 9).
+            attempt = self.throttle.begin(name, ip)
+        except TooManyAttemptsError:
+            _log_failure(name, ip)  # a refusal is a failure too, for fail2ban
+            raise
+        try:
+            account = self.users.authenticate(name, password)
+        except BaseException:
+            self.throttle.failed(name, ip)  # never leave an attempt in flight for ever
+            raise
         if account is None:
-            delay = self.throttle.failed(name, ip)
-            logger.warning("LOGIN FAILED user='%s' ip=%s", clean(name, 64), ip)
-            time.sleep(delay)  # the brake: a growing wait before the answer
+            _log_failure(name, ip)  # first: nothing below may lose the line
+            self.throttle.failed(name, ip)
+            time.sleep(self.throttle.delay(attempt))  # the brake: a growing wait
             raise LoginFailedError("login incorrect")
         self.throttle.succeeded(name, ip)
         context = self.context(account.name)
@@ -89,3 +98,8 @@ class Accounts:
     def limits(self, name: str) -> Limits:
         account = self.check(name)
         return Limits(account.quota_bytes, account.max_files)
+
+
+def _log_failure(name: str, ip: str) -> None:
+    """The line fail2ban reads (conf/fail2ban): the real address last, the name escaped."""
+    logger.warning("LOGIN FAILED user='%s' ip=%s", clean(name, 64), ip)

@@ -17,6 +17,7 @@ from ftpd.config import ServerConfig
 from ftpd.core.login import Accounts
 from ftpd.core.runtime import Runtime
 from ftpd.state.local import LocalClaims, LocalLedgers
+from ftpd.storage.base import Storage
 from ftpd.storage.local import LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -32,15 +33,22 @@ class Services:
     ledgers: LocalLedgers
 
     @classmethod
-    def build(cls, config: ServerConfig, users: UserStore) -> Services:
-        storage = LocalStorage(config.home_root, fsync=config.fsync)
-        storage.prepare()
+    def build(
+        cls, config: ServerConfig, users: UserStore, storage: Storage | None = None
+    ) -> Services:
+        """``storage``: a backend made by the caller (prepared); else the local disk."""
+        if storage is None:
+            local = LocalStorage(config.home_root, fsync=config.fsync)
+            local.prepare()
+            storage = local
         ledgers = LocalLedgers()
         throttle = LoginThrottle(
             config.login_max_failures,
             config.login_lockout,
             config.login_delay,
             max_failures_per_ip=config.login_max_failures_per_ip,
+            # Concurrent logins wait for each other's checks rather than being refused.
+            wait_s=min(config.login_timeout, 30.0),
         )
         accounts = Accounts(users, throttle, storage, ledgers)
         claims = LocalClaims(takeover_after=config.takeover_after)

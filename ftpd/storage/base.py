@@ -68,11 +68,12 @@ class Removed:
 
 @dataclass(frozen=True)
 class PartialInfo:
-    """An unfinished upload: its target, bytes held, declared size, last write time."""
+    """An unfinished upload: its target, bytes held, declared size (None: an upload that
+    declared none, such as FTP's STOR), last write time."""
 
     parts: Parts
     held: int
-    expected: int
+    expected: int | None
     mtime: float
 
 

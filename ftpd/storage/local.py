@@ -613,7 +613,8 @@ class LocalTree:
         key = hashlib.sha256(os.fsencode("/".join(info.parts))).hexdigest()[:40]
         folder = self._partial_folder()
         try:
-            return _unlink_counted(f"{key}.{info.expected}", folder)
+            size = "stream" if info.expected is None else info.expected
+            return _unlink_counted(f"{key}.{size}", folder)
         finally:
             _close(folder)
 
@@ -708,7 +709,7 @@ def _unlink_counted(name: str, folder: int) -> int:
 
 def _partial_info(folder: int, item: os.DirEntry[str]) -> PartialInfo | None:
     key, _, size = item.name.rpartition(".")
-    if not key or not size.isdigit():
+    if not key or not (size.isdigit() or size == "stream"):
         return None
     try:
         st = item.stat(follow_symlinks=False)
@@ -720,7 +721,8 @@ def _partial_info(folder: int, item: os.DirEntry[str]) -> PartialInfo | None:
     except OSError:
         return None
     parts = tuple(p for p in target.split("/") if p)
-    return PartialInfo(parts, st.st_size, int(size), st.st_mtime)
+    expected = int(size) if size.isdigit() else None
+    return PartialInfo(parts, st.st_size, expected, st.st_mtime)
 
 
 def _unlinker(tally: Callable[[Removed], None]) -> Callable[[int, os.DirEntry[str], int], None]:

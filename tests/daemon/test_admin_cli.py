@@ -23,9 +23,9 @@ import pytest
 
 from ftp_client.connection import Connection
 from ftpd import errors
+from ftpd.accounts.users import CONTEXT, UserStore
 from ftpd.admin import commands as admin
 from ftpd.cli import main
-from ftpd.accounts.users import CONTEXT, UserStore
 from tests.conftest import FAST, PASSWORDS, ROOT, DaemonProcess, Project
 
 GiB = 1024**3

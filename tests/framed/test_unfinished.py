@@ -148,3 +148,27 @@ def test_healthy_upload_is_never_killed_by_a_second_one(server: RunningServer) -
     first.send(protocol.End(hashlib.md5(data).hexdigest()))
     assert first.read_response().code == 200
     assert (home / "job.bin").read_bytes() == data
+
+
+def test_unfinished_upload_of_undeclared_size_is_shown_and_swept(server_factory, log_file) -> None:
+    """An FTP STOR declares no size: its partial is listed (no ``expected``), counted in
+    ``quota`` and swept after ``partial_ttl`` like any other."""
+    server = server_factory(partial_ttl=DAY)
+    tree = server.server.services.accounts.storage.tree("alice")
+    tree.ensure()
+    stored = tree.begin_upload(("stor.bin",), None, resume=True)
+    stored.write(memoryview(b"x" * 1000))
+    stored.close()
+    conn = server.login("alice")
+    (entry,) = conn.listdir("/")
+    assert (entry["name"], entry["partial"], entry["expected"]) == ("stor.bin", 1000, None)
+    quota = conn.call("quota").data
+    assert quota["partials"][0]["path"] == "/stor.bin" and quota["partial_bytes"] == 1000
+    age(server.project.home("alice"), 2 * DAY)
+    assert conn.listdir("/") == []
+    assert partials(server.project.home("alice")) == []
+    wait_until(
+        lambda: (
+            "PARTIAL EXPIRED user=alice path=/stor.bin held=1000 of None" in log_file.read_text()
+        )
+    )

@@ -11,8 +11,8 @@ import pytest
 from passlib.hash import bcrypt, pbkdf2_sha256, sha512_crypt
 
 from ftpd.accounts import users
-from ftpd.errors import ConfigError
 from ftpd.accounts.users import User, UserStore, check_name
+from ftpd.errors import ConfigError
 from ftpd.units import format_size, parse_size
 
 FAST = bcrypt.using(rounds=4)
@@ -449,7 +449,7 @@ def _median_s(call: Callable[[], object], tries: int) -> float:
 
 
 def test_users_unknown_user_costs_like_wrong_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With hashes of the context's own cost, unknown/disabled users take as long as a wrong password.
+    """With hashes of the context's own cost, unknown or disabled users cost a wrong password.
 
     A cheap context (bcrypt cost 4) for both the dummy and the stored hashes keeps this fast.
     """
@@ -461,7 +461,6 @@ def test_users_unknown_user_costs_like_wrong_password(monkeypatch: pytest.Monkey
             "carol": User("carol", context.hash("carol-pw"), None, disabled=True),
         }
     )
-    store.authenticate("nobody", "x")  # warm up: the dummy hash is made on first use
     wrong = _median_s(lambda: store.authenticate("alice", "wrong"), 15)
     unknown = _median_s(lambda: store.authenticate("nobody", "wrong"), 15)
     disabled = _median_s(lambda: store.authenticate("carol", "carol-pw"), 15)
@@ -472,7 +471,6 @@ def test_users_unknown_user_costs_like_wrong_password(monkeypatch: pytest.Monkey
 def test_users_unknown_user_costs_like_default_hash() -> None:
     """The real context: a hash made by ``hash_password`` costs what ``dummy_verify`` costs."""
     store = UserStore({"alice": User("alice", users.hash_password("alice-pw"), None)})
-    store.authenticate("nobody", "x")  # warm up
     wrong = _median_s(lambda: store.authenticate("alice", "wrong"), 2)
     unknown = _median_s(lambda: store.authenticate("nobody", "wrong"), 2)
     assert 0.2 < unknown / wrong < 5, (unknown, wrong)
@@ -483,8 +481,123 @@ def test_users_wrong_password_on_a_cheap_hash_is_padded_to_the_unknown_user_cost
     cheap = users.CONTEXT.copy(bcrypt__rounds=4).hash("alice-pw")
     assert cheap.startswith("$2b$04$")
     store = UserStore({"alice": User("alice", cheap, None)})
-    store.authenticate("nobody", "x")  # warm up: the dummy hash is made on first use
     wrong = _median_s(lambda: store.authenticate("alice", "wrong"), 3)
     unknown = _median_s(lambda: store.authenticate("nobody", "wrong"), 3)
     assert 0.5 < unknown / wrong < 2, (unknown, wrong)
     assert store.authenticate("alice", "alice-pw") is not None  # success is not padded
+
+
+class _Clock:
+    """A fake ``time`` for ``users``: nothing takes time but what the fake context spends."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+class _Context:
+    """A CryptContext stand-in whose hashes cost what they say ("fake$0.1": 0.1 s), times
+    ``load`` (a busy machine), on the fake clock.  Its ``dummy_verify`` is passlib's: it
+    makes its dummy hash on first use."""
+
+    def __init__(self, clock: _Clock, cost: float) -> None:
+        self.clock, self.cost, self.load, self.hashes = clock, cost, 1.0, 0
+        self._dummy: str | None = None
+
+    def hash(self, secret: str) -> str:
+        self.hashes += 1
+        self.clock.now += self.cost * self.load
+        return f"fake${self.cost}${secret}"
+
+    def verify(self, secret: str, hashed: str) -> bool:
+        _, cost, right = hashed.split("$")
+        self.clock.now += float(cost) * self.load
+        return secret == right
+
+    def dummy_verify(self) -> bool:
+        if self._dummy is None:
+            self._dummy = self.hash("too many secrets")
+        self.verify("too many secrets", self._dummy)
+        return False
+
+
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> tuple[_Clock, _Context]:
+    clock = _Clock()
+    context = _Context(clock, cost=0.1)
+    monkeypatch.setattr(users, "time", clock)
+    monkeypatch.setattr(users, "CONTEXT", context)
+    return clock, context
+
+
+def _fake_store() -> UserStore:
+    return UserStore(
+        {
+            "alice": User("alice", "fake$0.1$alice-pw", None),  # the default cost
+            "old": User("old", "fake$0.001$old-pw", None),  # a cheap, old hash
+            "carol": User("carol", "fake$0.1$carol-pw", None, disabled=True),
+        }
+    )
+
+
+_FAILURES = [("nobody", "x"), ("carol", "carol-pw"), ("alice", "wrong"), ("old", "wrong")]
+
+
+def _cost(clock: _Clock, store: UserStore, name: str, password: str) -> float:
+    started = clock.now
+    assert store.authenticate(name, password) is None
+    return clock.now - started
+
+
+@pytest.mark.parametrize(("name", "password"), _FAILURES)
+def test_users_first_failure_costs_like_later_ones(
+    fake_time: tuple[_Clock, _Context], name: str, password: str
+) -> None:
+    """No warm-up by the caller: the very first failure after the store is built costs what
+    the later ones cost, whatever kind of failure it is.
+
+    Regression: passlib's ``dummy_verify`` makes its dummy hash on first use, so the first
+    failure cost a hash and a verification, and that was the padding target for a while.
+    """
+    clock, context = fake_time
+    store = _fake_store()  # measures the context's dummy verification now
+    hashes = context.hashes
+    first = _cost(clock, store, name, password)
+    later = [_cost(clock, store, n, p) for n, p in _FAILURES * 3]
+    assert context.hashes == hashes  # no hash is made during a failure
+    for cost in [first, *later]:
+        assert cost == pytest.approx(0.1, rel=0.02), (first, later)
+
+
+def test_users_failures_keep_costing_the_same_when_the_machine_gets_busy(
+    fake_time: tuple[_Clock, _Context],
+) -> None:
+    """Padding only by sleeping to a past measurement would let a cheap hash answer fast
+    while the machine is busy: its failure spends a dummy verification too."""
+    clock, context = fake_time
+    store = _fake_store()
+    context.load = 3.0  # every verification now takes three times as long
+    for name, password in reversed(_FAILURES):  # the cheap hash first, before any new sample
+        assert _cost(clock, store, name, password) == pytest.approx(0.3, rel=0.02), name
+    assert store.authenticate("old", "old-pw") is not None
+    assert store.authenticate("alice", "alice-pw") is not None
+
+
+def test_users_no_hash_is_made_during_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real passlib context: everything a failure needs is made when the store is."""
+    context = users.CONTEXT.copy(bcrypt__rounds=4)
+    monkeypatch.setattr(users, "CONTEXT", context)
+    store = UserStore({"alice": User("alice", FAST.hash("alice-pw"), None)})
+    made: list[str] = []
+    real_hash = context.hash
+    monkeypatch.setattr(context, "hash", lambda *a, **k: made.append("hash") or real_hash(*a, **k))
+    assert store.authenticate("nobody", "x") is None
+    assert store.authenticate("alice", "wrong") is None
+    assert store.authenticate("alice", "alice-pw") is not None
+    assert made == []
