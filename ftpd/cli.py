@@ -63,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     reload.set_defaults(func=_reload)
 
     from ftpd.admin import commands as admin  # the user subcommands live beside their editor
+    from ftpd.admin import state as state_admin  # `ftpd state init`
 
     admin.add_parser(sub, DEFAULT_CONFIG)
+    state_admin.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 

@@ -37,6 +37,31 @@ class FTPConfig:
     require_tls: bool = False  # USER and PASS refused before AUTH TLS
     tls_session_reuse: bool = True  # PROT P data connections must resume the control's
     active: bool = False  # PORT/EPRT allowed (only towards the control connection's peer)
+    proxy_protocol: tuple[str, ...] = ()  # balancers whose PROXY header is taken (ftpd.proxy)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The ``storage:`` section: where homes live (docs/scale-out.md).  ``local``: under
+    ``home_root`` on this machine (the default); ``s3``: key prefixes in an
+    S3-compatible bucket, shared by several daemons."""
+
+    backend: str = "local"
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    region: str | None = None
+    access_key_id: str | None = None  # or the usual AWS_* variables / credentials file
+    secret_access_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """The ``state:`` section: where quota ledgers and upload claims live.  ``local``: in
+    this process (the default); ``postgresql``: in a database shared by several daemons."""
+
+    backend: str = "local"
+    dsn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +90,10 @@ class ServerConfig:
     fsync: bool = True
     tls: TLSConfig | None = None
     ftp: FTPConfig | None = None
+    storage: StorageConfig = StorageConfig()
+    state: StateConfig = StateConfig()
     control_socket: Path | None = None  # None: <home_root>/.ftpd-control.sock
+    proxy_protocol: tuple[str, ...] = ()  # balancers whose PROXY header is taken (ftpd.proxy)
     path: Path | None = None  # the file this came from (not a key)
 
     @property
@@ -123,6 +151,9 @@ def load(path: Path) -> ServerConfig:
         try:
             if key == "ftp":
                 values[key] = _ftp(value, doc, problems)
+                continue
+            if key in _SECTIONS:
+                values[key] = _section(key, value, doc, problems)
                 continue
             values[key] = _convert(key, value, path.parent)
         except ValueError as exc:
@@ -185,6 +216,8 @@ def _convert(key: str, value: Any, base: Path) -> Any:
         return value
     if key == "tls":
         return _tls(value, base)
+    if key == "proxy_protocol":
+        return parse_networks(value)
     raise AssertionError(key)
 
 
@@ -204,6 +237,43 @@ def _tls(value: Any, base: Path) -> TLSConfig | None:
 
 
 _FTP_KEYS = {f.name for f in fields(FTPConfig)}
+#: Optional sections for backends: name -> (dataclass, allowed backends, required keys).
+_SECTIONS: dict[str, tuple[type, tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    "storage": (StorageConfig, ("local", "s3"), {"s3": ("bucket",)}),
+    "state": (StateConfig, ("local", "postgresql"), {"postgresql": ("dsn",)}),
+}
+
+
+def _section(
+    name: str, value: Any, doc: yamldoc.Doc, problems: list[tuple[str, int | None, str, str]]
+) -> Any:
+    """A backend section (``storage:``, ``state:``): known keys, strings, a known backend,
+    and the keys that backend needs; each problem names its own key."""
+    cls, backends, required = _SECTIONS[name]
+    if value is None:
+        return cls()
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with a 'backend' (or null)")
+    known = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, item in value.items():
+        key = str(key)
+        if key not in known:
+            problems.append(
+                doc.problem(f"unknown key (known: {', '.join(sorted(known))})", name, key)
+            )
+        elif item is not None and not isinstance(item, str):
+            problems.append(doc.problem("must be a string", name, key))
+        else:
+            values[key] = item if item is not None or key != "prefix" else ""
+    backend = values.get("backend", "local")
+    if backend not in backends:
+        problems.append(doc.problem(f"must be one of {', '.join(backends)}", name, "backend"))
+        return cls()
+    for key in required.get(backend, ()):
+        if not values.get(key):
+            problems.append(doc.problem(f"needed with backend: {backend}", name))
+    return cls(**values)
 
 
 def _ftp(value: Any, doc: yamldoc.Doc, problems: list[tuple[str, int | None, str, str]]) -> Any:
@@ -240,9 +310,33 @@ def _ftp_value(key: str, value: Any) -> Any:
             return str(ipaddress.IPv4Address(str(value)))
         except ValueError:
             raise ValueError("must be an IPv4 address (what PASV advertises) or null") from None
+    if key == "proxy_protocol":
+        return parse_networks(value)
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
     return value
+
+
+def parse_networks(value: Any) -> tuple[str, ...]:
+    """``proxy_protocol``: a list of IP addresses or CIDR networks (null or []: off) ->
+    their normalised network strings ("10.0.0.5" -> "10.0.0.5/32").
+
+    Raises:
+        ValueError: not a list, or an item that is not an address or network.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("must be a list of IP addresses or networks, e.g. [10.0.0.5, 10.1.0.0/24]")
+    networks = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"{item!r} is not an IP address or network")
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip())))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or network ({exc})") from None
+    return tuple(networks)
 
 
 def parse_port_range(value: Any) -> tuple[int, int]:

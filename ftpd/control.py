@@ -166,7 +166,7 @@ class ControlServer(socketserver.UnixStreamServer):
             return _error(f"request longer than {MAX_LINE} bytes")
         try:
             request = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." 4 KiB deep
             return _error("the request is not one JSON line")
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return _error('the request must be an object with a "cmd"')

@@ -190,7 +190,10 @@ def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
     notifier = notifier or Notifier()
     # Handlers go in before the LISTENING line: a SIGHUP sent by whoever watches for that
     # line would otherwise kill the daemon with the default action.
-    signals: queue.Queue[int | ReloadRequest] = queue.Queue()
+    # SimpleQueue: its put is safe to call from a signal handler. Queue.put takes a lock
+    # that the main thread may hold inside get(timeout=...) when the signal lands, and the
+    # handler then waits for it for ever: SIGHUP and SIGTERM were ignored from then on.
+    signals: queue.SimpleQueue[int | ReloadRequest] = queue.SimpleQueue()
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda n, _frame: signals.put(n))
     server = build_server(cfg)
@@ -265,5 +268,6 @@ def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
         if ftp_loop is not None:
             ftp_loop.join(timeout=5)
         logger.info("STOPPED %s", "cleanly" if clean else "after closing sessions still running")
+        server.services.close()  # a database pool, when the state is shared
         notifier.close()
     return 0

@@ -17,18 +17,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from passlib.hash import bcrypt
 
+from ftp_client.connection import Connection
 from ftpd import config as config_mod
+from ftpd.accounts.users import UserStore
 from ftpd.core.services import Services
 from ftpd.framed.server import FramedServer
-from ftpd.accounts.users import UserStore
-from ftp_client.connection import Connection
 from tests.support import LogRecords
 
 # Low-cost hashes keep the suite fast; production hashes use the default cost (12).
@@ -72,7 +73,13 @@ class Project:
             for key, value in fields.items():
                 if value is None:
                     continue
-                text = f'"{value}"' if key == "password" else str(value).lower() if isinstance(value, bool) else value
+                text = (
+                    f'"{value}"'
+                    if key == "password"
+                    else str(value).lower()
+                    if isinstance(value, bool)
+                    else value
+                )
                 lines.append(f"    {key}: {text}")
         self.users_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -112,7 +119,9 @@ def _yaml_value(value: Any) -> str:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
-    proj = Project(tmp_path / "srv", quotas={"alice": "10MiB", "alice2": "10MiB", "bob": None, "carol": "1MiB"})
+    proj = Project(
+        tmp_path / "srv", quotas={"alice": "10MiB", "alice2": "10MiB", "bob": None, "carol": "1MiB"}
+    )
     proj.root.mkdir()
     proj.write_users()
     proj.write_config()
@@ -144,7 +153,9 @@ def start_server(project: Project, **overrides: Any) -> tuple[FramedServer, thre
         project.write_config(**overrides)
     cfg = project.load()
     server = FramedServer(cfg, Services.build(cfg, UserStore.load(cfg.users_file)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     return server, thread
 
@@ -279,7 +290,7 @@ class DaemonProcess:
         """The stderr lines of the current (or last) run, as read so far."""
         return self._stderr.lines if self._stderr is not None else []
 
-    def start(self, timeout: float = 20.0) -> "DaemonProcess":
+    def start(self, timeout: float = 20.0) -> DaemonProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ftpd", "serve", "--config", str(self.project.config_path)],
             stdout=subprocess.DEVNULL,

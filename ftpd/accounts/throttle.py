@@ -10,9 +10,10 @@ An attempt is counted when it *starts* (``begin``, before the password is checke
 burst of parallel attempts gets no more checks than the same attempts one after another;
 a success gives its attempt back and clears its pair (``succeeded``), a failure says so
 (``failed``).  An attempt held up only by attempts still being checked waits for them
-(up to ``wait_s``) instead of being refused: colleagues logging in at once all get in.  ``unlock_user``
-and ``clear`` lift locks without a restart.  The clock is injectable so tests need no
-sleeps.  This module must never decide whether a password is right; it only counts.
+(up to ``wait_s``) instead of being refused: colleagues logging in at once all get in.
+``unlock_user`` and ``clear`` lift locks without a restart.  The clock is injectable so
+tests need no sleeps.  This module must never decide whether a password is right; it
+only counts.
 """
 
 from __future__ import annotations

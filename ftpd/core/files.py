@@ -256,21 +256,31 @@ class FileService:
         self.cwd = PurePosixPath(cwd)
         return cwd
 
-    def listing(self, vpath: str, show_all: bool = False) -> tuple[str, list[Entry]]:
+    def listing(
+        self, vpath: str, show_all: bool = False, unfinished: bool = True
+    ) -> tuple[str, list[Entry]]:
         """``iter_listing`` as a list (for small folders and tests)."""
-        shown, entries = self.iter_listing(vpath, show_all)
+        shown, entries = self.iter_listing(vpath, show_all, unfinished)
         return shown, list(entries)
 
-    def iter_listing(self, vpath: str, show_all: bool = False) -> tuple[str, Iterator[Entry]]:
+    def iter_listing(
+        self, vpath: str, show_all: bool = False, unfinished: bool = True
+    ) -> tuple[str, Iterator[Entry]]:
         """A folder's entries sorted by name (dot files only with ``show_all``), or the
         one entry of a file, named as the client named it.  Names that an unfinished
         upload is filling are marked (``partial``, ``expected``); a name that only such
         an upload holds is listed as a file of the bytes received so far.  The entries
-        are produced as they are read, so memory stays bounded whatever the size."""
-        shown, parts, entry = self._existing(vpath, with_partial=True)
+        are produced as they are read, so memory stays bounded whatever the size.
+        ``unfinished=False`` leaves unfinished uploads out (FTP's LIST/NLST/MLSD: a
+        client would take such a name for a file it can RETR; SIZE and MLST show them)."""
+        shown, parts, entry = self._existing(vpath, with_partial=unfinished)
         if entry.kind != "dir":
             return shown, iter([replace(entry, name=PurePosixPath(shown).name or "/")])
-        pending = {p.parts[-1]: p for p in self._partials() if p.parts[:-1] == parts}
+        pending = (
+            {p.parts[-1]: p for p in self._partials() if p.parts[:-1] == parts}
+            if unfinished
+            else {}
+        )
         entries = self._merged(shown, self.tree.listdir(parts), pending)
         return shown, (e for e in entries if show_all or not e.name.startswith("."))
 
@@ -363,19 +373,20 @@ class FileService:
             removed[0] += r.nbytes
             removed[1] += r.entries
 
-        try:
-            with about(shown):
-                self.tree.remove(parts, recursive, tally)
-        except NotFoundError:
-            if self._uploading(parts):
-                raise ConflictError(f"{shown}: being uploaded by another session") from None
-            dropped = self.tree.discard_partials(parts)
-            if not dropped.entries:
-                raise
-            self.ledger.adjust(-dropped.nbytes, 0)
-            return f"removed the interrupted upload of {shown}"
-        finally:
-            self.ledger.adjust(-removed[0], -removed[1])
+        with self.ledger.changing():  # no recount is kept while this runs
+            try:
+                with about(shown):
+                    self.tree.remove(parts, recursive, tally)
+            except NotFoundError:
+                if self._uploading(parts):
+                    raise ConflictError(f"{shown}: being uploaded by another session") from None
+                dropped = self.tree.discard_partials(parts)
+                if not dropped.entries:
+                    raise
+                self.ledger.adjust(-dropped.nbytes, 0)
+                return f"removed the interrupted upload of {shown}"
+            finally:
+                self.ledger.adjust(-removed[0], -removed[1])
         if not self._uploading(parts):  # a running upload keeps its partial
             dropped = self.tree.discard_partials(parts)
             self.ledger.adjust(-dropped.nbytes, 0)
@@ -399,9 +410,9 @@ class FileService:
         parts = shown.parts[1:]
         if not parts:
             raise PermissionDeniedError("/: that is your home")
-        with about(str(shown)):
+        with about(str(shown)), self.ledger.changing():
             self.tree.rmdir(parts)
-        self.ledger.adjust(0, -1)
+            self.ledger.adjust(0, -1)
         if self.cwd.is_relative_to(shown):
             self.cwd = shown.parent
         return str(shown)
@@ -418,9 +429,9 @@ class FileService:
             dst_shown = str(PurePosixPath(dst_shown) / src_v.name)
         else:
             dst_parts = self.parts(dst)
-        with about(str(src_v)):
+        with about(str(src_v)), self.ledger.changing():
             replaced = self.tree.rename(src_v.parts[1:], dst_parts)
-        self.ledger.adjust(-replaced.nbytes, -replaced.entries)
+            self.ledger.adjust(-replaced.nbytes, -replaced.entries)
         return dst_shown
 
     def set_mtime(self, vpath: str, mtime: float) -> None:
@@ -651,6 +662,7 @@ class Upload:
         try:
             self._delta += self.stored.write(data)
         except OSError as exc:
+            self._delta += getattr(exc, "written", 0)  # what landed before the error
             self.error = exc
             if exc.errno in _DISK_FULL:  # give the space back now, not after the body
                 with contextlib.suppress(OSError):

@@ -44,20 +44,36 @@ class Runtime:
         self.claims = claims
         self.stopping = False
         self._lock = threading.Lock()
-        self._admitted: dict[object, str] = {}  # connection -> peer address
+        # connection -> client address (None: behind a balancer, not known yet)
+        self._admitted: dict[object, str | None] = {}
         self._sessions: set[Session] = set()
         self.transfers = 0
 
     # --- connections ----------------------------------------------------------------
 
-    def admit(self, key: object, ip: str) -> str | None:
-        """Count a new connection; returns why it is refused, or None if admitted."""
+    def admit(self, key: object, ip: str | None) -> str | None:
+        """Count a new connection; returns why it is refused, or None if admitted.
+
+        ``ip`` None: a trusted balancer's connection, whose client address comes later
+        in its PROXY header; it counts against ``max_connections`` only until ``place``.
+        """
         with self._lock:
             if self.stopping:
                 return "the server is shutting down"
             if len(self._admitted) >= self.max_connections:
                 return "too many connections; try again later"
             if sum(1 for peer in self._admitted.values() if peer == ip) >= self.max_per_ip:
+                return "too many connections from your address"
+            self._admitted[key] = ip
+            return None
+
+    def place(self, key: object, ip: str) -> str | None:
+        """Give an admitted connection its client address (from a PROXY header) and count
+        it against ``max_per_ip``; returns why it is refused, or None."""
+        with self._lock:
+            if sum(1 for k, peer in self._admitted.items() if peer == ip and k is not key) >= (
+                self.max_per_ip
+            ):
                 return "too many connections from your address"
             self._admitted[key] = ip
             return None

@@ -14,6 +14,7 @@ import socket
 import socketserver
 from typing import Any
 
+from ftpd import proxy
 from ftpd.config import ServerConfig
 from ftpd.core.services import Services
 from ftpd.framed import protocol
@@ -43,6 +44,7 @@ class FramedServer(socketserver.ThreadingTCPServer):
         self.runtime = services.runtime
         self.ssl_context = ssl_context
         self._refused: dict[Any, str] = {}
+        self.proxy = proxy.Trusted(config.proxy_protocol)  # balancers (PROXY protocol)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
         super().__init__((config.host, config.port), handler)
@@ -79,9 +81,12 @@ class FramedServer(socketserver.ThreadingTCPServer):
         handshakes gave 152 threads), so a refused TLS connection is closed here, before
         any handshake, and no thread is started for it.  Handshakes of admitted
         connections run in their sessions' threads and count against the limits.
+
+        A trusted balancer's connection counts here against ``max_connections`` only;
+        its session counts it per client address once the PROXY header is read.
         """
         ip = str(client_address[0])
-        reason = self.runtime.admit(request, ip)
+        reason = self.runtime.admit(request, None if ip in self.proxy else ip)
         if reason is None:
             return True
         if self.ssl_context is not None:

@@ -19,30 +19,30 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import socket
 import socketserver
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-
-from ftpd.framed import protocol, streams
+from ftpd import proxy
+from ftpd.core.files import FileService
 from ftpd.errors import (
     ConflictError,
     FTPError,
     InternalError,
-    LoginFailedError,
     NotLoggedInError,
     ProtocolError,
     TimeoutError_,
     UnavailableError,
     from_oserror,
 )
-from ftpd.core.files import FileService
-from ftpd.storage.base import Entry
-from ftpd.logs import clean
+from ftpd.framed import protocol, streams
 from ftpd.framed.protocol import OK, Request, Response
 from ftpd.framed.transfer import receive_upload, send_download
+from ftpd.logs import clean, word
+from ftpd.storage.base import Entry
 
 if TYPE_CHECKING:
     from ftpd.framed.server import FramedServer
@@ -58,7 +58,7 @@ QUOTA_PARTIALS = 100
 class FramedSession(socketserver.BaseRequestHandler):
     """A session.  Created by the server per connection; runs in that connection's thread."""
 
-    server: "FramedServer"
+    server: FramedServer
 
     def setup(self) -> None:
         self.sock: socket.socket = self.request
@@ -78,21 +78,32 @@ class FramedSession(socketserver.BaseRequestHandler):
     # --- the loop ---------------------------------------------------------------------
 
     def handle(self) -> None:
-        logger.info("CONNECT ip=%s", self.ip)
         refused = self.server.refusal(self.request)
-        # login_timeout bounds every byte before login, both ways: the TLS handshake, the
-        # greeting, each header and each answer (issue 9, docs/protocol.md §4 and §6).
+        # login_timeout bounds every byte before login, both ways: the PROXY header, the
+        # TLS handshake, the greeting, each header and each answer (issue 9,
+        # docs/protocol.md §4 and §6).
         login_deadline = time.monotonic() + self.server.config.login_timeout
+        tls = self.server.ssl_context is not None
+        via = self._proxy_header(login_deadline, check=tls)  # TLS: the client speaks first
+        if via is None:
+            return
+        logger.info("CONNECT ip=%s%s", self.ip, f" via={via}" if via else "")
+        if via and not refused:  # admitted by the balancer's address: count the client's
+            refused = self.server.runtime.place(self.request, self.ip)
         try:
-            if refused:  # only in clear: the server closes a refused TLS connection itself
+            if refused:  # the server closes a TLS connection refused at accept itself
                 logger.warning("REFUSED ip=%s: %s", self.ip, refused)
-                self._send_quietly(protocol.error_response(UnavailableError(refused)))
+                if not tls:  # over TLS (refused by its PROXY address) only closed
+                    self._send_quietly(protocol.error_response(UnavailableError(refused)))
                 return
             self._start_tls(login_deadline)
             self._bound_by(login_deadline)
             self.send(self.server.greeting())
         except (OSError, ValueError) as exc:
             logger.info("DROPPED ip=%s before greeting: %s", self.ip, clean(exc))
+            return
+        # In clear the client speaks after the greeting: look at its first bytes now.
+        if not via and not tls and self._proxy_header(login_deadline, check=True) is None:
             return
         while not self.closing:
             try:
@@ -101,7 +112,7 @@ class FramedSession(socketserver.BaseRequestHandler):
                 if not exc.clean:
                     logger.info("DROPPED ip=%s user=%s: %s", self.ip, self.user, exc)
                 break
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self._send_quietly(protocol.error_response(TimeoutError_("idle timeout")))
                 logger.info("TIMEOUT ip=%s user=%s", self.ip, self.user)
                 break
@@ -126,6 +137,22 @@ class FramedSession(socketserver.BaseRequestHandler):
                     self.closing = True
                     self.farewell("the server is shutting down")
                 break
+
+    def _proxy_header(self, deadline: float, check: bool) -> str | None:
+        """Take a trusted balancer's PROXY header: ``self.ip`` becomes the client's
+        address, and the balancer's is returned; "" when the peer is no balancer.  None:
+        refused (logged; the connection is closed): a balancer sent no valid header in
+        time, or (``check``) another peer's first bytes are a header (docs/security.md).
+        """
+        peer, trusted = self.ip, self.server.proxy
+        try:
+            self.ip = proxy.client_ip(self.sock, peer, trusted, deadline, check)
+        except (proxy.ProxyError, OSError) as exc:
+            logger.warning("PROXY REFUSED ip=%s: %s", peer, clean(exc))
+            return None
+        finally:
+            self.sock.settimeout(self.server.config.idle_timeout)
+        return peer if peer in trusted else ""
 
     def _start_tls(self, login_deadline: float) -> None:
         """Wrap the connection in TLS (in this thread, before the login deadline).
@@ -185,14 +212,16 @@ class FramedSession(socketserver.BaseRequestHandler):
             response = method(request)
             if response is not None:  # None: the command answered with its body itself
                 self.respond(response)
-        except (streams.ConnectionClosed, TimeoutError, socket.timeout, ConnectionError) as exc:
+        except (streams.ConnectionClosed, TimeoutError, ConnectionError) as exc:
             self._dropped(exc)
         except FTPError as exc:
             self.respond(self._fail(exc))
         except OSError as exc:
             self.respond(self._fail(from_oserror(exc, _vpath_of(self._request))))
         except Exception:
-            logger.exception("BUG ip=%s user=%s cmd=%s", self.ip, self.user, clean(header.get("cmd")))
+            logger.exception(
+                "BUG ip=%s user=%s cmd=%s", self.ip, self.user, clean(header.get("cmd"))
+            )
             self.respond(self._fail(InternalError("internal error; the session is closed")))
 
     def _dropped(self, exc: BaseException) -> None:
@@ -200,11 +229,15 @@ class FramedSession(socketserver.BaseRequestHandler):
         self.closing = True
         logger.info(
             "DROPPED ip=%s user=%s during %s: %s",
-            self.ip, self.user, clean(self._header.get("cmd"), 40), clean(exc),
+            self.ip,
+            self.user,
+            clean(self._header.get("cmd"), 40),
+            clean(exc),
         )
 
     def _fail(self, exc: FTPError) -> Response:
-        pending = self._pending_body or (exc.data.get("body") or 0)
+        announced = exc.data.get("body")
+        pending = self._pending_body or (announced if isinstance(announced, int) else 0)
         if pending and self.user is None:
             return self._refuse_body(exc, pending)
         if pending and not exc.fatal:
@@ -255,12 +288,19 @@ class FramedSession(socketserver.BaseRequestHandler):
         request = self._request
         name = request.cmd if request else self._header.get("cmd")
         args = request.args if request else {}
-        shown = " ".join(f"{k}={clean(v, 120)}" for k, v in args.items() if k != "password")
+        # word(): each value is one word, so a name with a space cannot add a field.
+        shown = " ".join(f"{k}={word(v, 120)}" for k, v in args.items() if k != "password")
         logger.log(
             # A server fault is an ERROR; a client's bad command (501) or a full disk is not.
             logging.ERROR if response.error in ("internal_error", "os_error") else logging.INFO,
-            "CMD ip=%s user=%s %s %s -> %d %s (%.1f ms)%s",
-            self.ip, self.user, clean(name, 40), shown, response.code, response.error or "ok", ms,
+            "CMD proto=framed ip=%s user=%s %s %s -> %d %s (%.1f ms)%s",
+            self.ip,
+            self.user,
+            word(name, 40),
+            shown,
+            response.code,
+            response.error or "ok",
+            ms,
             note and " " + note,
         )
 
@@ -277,11 +317,17 @@ class FramedSession(socketserver.BaseRequestHandler):
         """Tell an idle session why it is being closed (called from another thread).
 
         One non-blocking send of a small frame: it never waits on a client that does not
-        read, and an idle session's thread is not writing at the same time.
+        read, and an idle session's thread is not writing at the same time.  On a socket
+        with a timeout Python waits for room before any send, MSG_DONTWAIT or not (up to
+        idle_timeout: the stop stalled on such a client, issue 9), so the kernel is asked
+        first: no room, no farewell.  ``poll``, not ``select``: descriptors past 1023.
         """
         frame = protocol.encode(protocol.error_response(UnavailableError(reason)))
         with contextlib.suppress(OSError, ValueError):  # ValueError: TLS sockets take no flags
-            self.sock.send(frame, socket.MSG_DONTWAIT)
+            room = select.poll()
+            room.register(self.sock, select.POLLOUT)
+            if room.poll(0):
+                self.sock.send(frame, socket.MSG_DONTWAIT)
 
     def _send_quietly(self, response: Response) -> None:
         try:
@@ -387,7 +433,9 @@ class FramedSession(socketserver.BaseRequestHandler):
         return Response(True, OK, f"removed {self._files.rmdir(request.args['path'])}")
 
     def cmd_mv(self, request: Request) -> Response:
-        return Response(True, OK, f"moved to {self._files.mv(request.args['src'], request.args['dst'])}")
+        return Response(
+            True, OK, f"moved to {self._files.mv(request.args['src'], request.args['dst'])}"
+        )
 
     # --- commands: transfers (the wire side is in ftpd.framed.transfer) ---------------
 

@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from ftpd import proxy
 from ftpd.config import FTPConfig, ServerConfig
 from ftpd.core.services import Services
 from ftpd.ftp.data import PassivePorts
@@ -55,6 +56,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self.tls_factory = tls_factory
         self.ports = PassivePorts(*self.ftp.passive_ports)
         self._refused: dict[Any, str] = {}
+        self.proxy = proxy.Trusted(self.ftp.proxy_protocol)  # balancers (PROXY protocol)
         host = self.ftp.host or config.host
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, self.ftp.port), handler)
@@ -64,8 +66,13 @@ class FTPServer(socketserver.ThreadingTCPServer):
         return f"ftpd {VERSION} ready{tls}"
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit every connection to a thread; over-limit ones are told why there (421)."""
-        reason = self.runtime.admit(request, str(client_address[0]))
+        """Admit every connection to a thread; over-limit ones are told why there (421).
+
+        A trusted balancer's connection counts here against ``max_connections`` only;
+        its session counts it per client address once the PROXY header is read.
+        """
+        ip = str(client_address[0])
+        reason = self.runtime.admit(request, None if ip in self.proxy else ip)
         if reason is not None:
             self._refused[request] = reason
         return True

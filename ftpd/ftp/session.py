@@ -26,6 +26,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
+from ftpd import proxy
 from ftpd.core.files import FileService, Upload
 from ftpd.errors import (
     BadRequestError,
@@ -98,8 +99,14 @@ class FTPSession(TransferCommands, socketserver.BaseRequestHandler):
     # --- the loop ---------------------------------------------------------------------
 
     def handle(self) -> None:
-        logger.info("CONNECT proto=ftp ip=%s", self.ip)
         refused = self.server.refusal(self.request)
+        # A balancer's PROXY header comes first, within login_timeout (docs/security.md).
+        via = self._proxy_header(time.monotonic() + self.server.config.login_timeout)
+        if via is None:
+            return
+        logger.info("CONNECT proto=ftp ip=%s%s", self.ip, f" via={via}" if via else "")
+        if via and not refused:  # admitted by the balancer's address: count the client's
+            refused = self.server.runtime.place(self.request, self.ip)
         try:
             if refused:
                 logger.warning("REFUSED proto=ftp ip=%s: %s", self.ip, refused)
@@ -109,10 +116,13 @@ class FTPSession(TransferCommands, socketserver.BaseRequestHandler):
         except OSError as exc:
             logger.info("DROPPED proto=ftp ip=%s before greeting: %s", self.ip, clean(exc))
             return
-        login_deadline = time.monotonic() + self.server.config.login_timeout
+        self.login_deadline = time.monotonic() + self.server.config.login_timeout
+        # The client speaks after the greeting: a header from a non-balancer is refused.
+        if not via and self._proxy_header(self.login_deadline, check=True) is None:
+            return
         while not self.closing:
             try:
-                raw = self._next_line(login_deadline)
+                raw = self._next_line(self.login_deadline)
             except LineTooLongError as exc:
                 self._send_quietly(reply_for(exc))
                 logger.warning("LINE TOO LONG proto=ftp ip=%s user=%s", self.ip, self.user)
@@ -132,6 +142,23 @@ class FTPSession(TransferCommands, socketserver.BaseRequestHandler):
             if self.server.runtime.stopping and not self.closing:
                 self.closing = True
                 self._send_quietly(Reply(421, "the server is shutting down"))
+
+    def _proxy_header(self, deadline: float, check: bool = False) -> str | None:
+        """Take a trusted balancer's PROXY header: ``self.ip`` becomes the client's
+        address (for limits, the brake, logs and the data connection check), and the
+        balancer's is returned; "" when the peer is no balancer.  None: refused (logged;
+        the connection is closed): a balancer sent no valid header in time, or
+        (``check``) another peer's first bytes are a header.
+        """
+        peer, trusted = self.ip, self.server.proxy
+        try:
+            self.ip = proxy.client_ip(self.sock, peer, trusted, deadline, check)
+        except (proxy.ProxyError, OSError) as exc:
+            logger.warning("PROXY REFUSED proto=ftp ip=%s: %s", peer, clean(exc))
+            return None
+        finally:
+            self.sock.settimeout(self.server.config.idle_timeout)
+        return peer if peer in trusted else ""
 
     def _next_line(self, login_deadline: float) -> bytes:
         """The next command line: one queued during a transfer, or from the socket.  It
@@ -347,6 +374,9 @@ class FTPSession(TransferCommands, socketserver.BaseRequestHandler):
         return Reply(202, "ACCT is not needed here")
 
     def ftp_rein(self, arg: str) -> Reply:
+        # A new login gets a new login_timeout, counted from now (RFC 959: REIN keeps
+        # the connection; the old deadline would close it at once).
+        self.login_deadline = time.monotonic() + self.server.config.login_timeout
         self._close_data()
         self.user = self.files = self.pending_user = self.rename_from = None
         self.rest = 0
@@ -406,7 +436,7 @@ class FTPSession(TransferCommands, socketserver.BaseRequestHandler):
 
     def ftp_stat(self, arg: str) -> Reply:
         if arg.strip():
-            shown, entries = self._files.listing(arg, show_all=True)
+            shown, entries = self._files.listing(arg, show_all=True, unfinished=False)
             now = time.time()
             lines = [listing.ls_line(e, self.user or "-", now) for e in entries]
             return Reply(213, f"status of {shown}:", lines)

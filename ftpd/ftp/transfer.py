@@ -163,13 +163,13 @@ class TransferCommands:
 
     def ftp_list(self, arg: str) -> Reply:
         path, show_all = _list_args(arg)
-        shown, entries = self._files.listing(path, show_all)
+        shown, entries = self._files.listing(path, show_all, unfinished=False)
         now, owner = time.time(), self.user or "-"
         return self._send_lines((listing.ls_line(e, owner, now) for e in entries), shown)
 
     def ftp_nlst(self, arg: str) -> Reply:
         path, show_all = _list_args(arg)
-        shown, entries = self._files.listing(path, show_all)
+        shown, entries = self._files.listing(path, show_all, unfinished=False)
         return self._send_lines((listing.display_name(e.name) for e in entries), shown)
 
     def ftp_mlsd(self, arg: str) -> Reply:
@@ -177,7 +177,7 @@ class TransferCommands:
         shown, _, entry = files.resolve(arg or ".")
         if entry is not None and entry.kind != "dir":
             raise ConflictError(f"{shown}: not a directory")
-        shown, entries = files.listing(arg or ".", show_all=True)
+        shown, entries = files.listing(arg or ".", show_all=True, unfinished=False)
         base = shown.rstrip("/")
         user = files.user.name
         lines = (

@@ -10,6 +10,7 @@ This module must never know about sessions, sockets or files: it counts and it l
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,7 @@ class Ledger(Protocol):
     def reserve(self, nbytes: int, entries: int, limits: Limits) -> Reservation: ...
     def adjust(self, nbytes: int, entries: int) -> None: ...
     def recount(self) -> bool: ...
+    def changing(self) -> AbstractContextManager[None]: ...
 
 
 class Ledgers(Protocol):

@@ -12,10 +12,11 @@ count happens under the ledger's lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ftpd.errors import ConflictError, QuotaExceededError
 from ftpd.state.base import Limits, Usage
@@ -37,6 +38,7 @@ class LocalLedger:
         self._reserved = 0
         self._reserved_entries = 0
         self._version = 0  # bumped by every change, so a recount can tell it is stale
+        self._changing = 0  # operations removing or moving things right now
 
     def _ensure(self) -> None:
         """First use: count (under the lock, so nothing is reserved against a guess)."""
@@ -50,15 +52,33 @@ class LocalLedger:
             assert self._used is not None
             return Usage(self._used, self._reserved, self._entries, self._reserved_entries)
 
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        """Around an operation that changes the disk before it tells the ledger (``rm``,
+        ``mv``, ``rmdir``): a recount that overlaps it is not kept, or it would count the
+        change and the operation's own adjustment would count it again."""
+        with self._lock:
+            self._changing += 1
+            self._version += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._changing -= 1
+                self._version += 1
+
     def recount(self) -> bool:
         """Count again from the storage; returns whether the count was taken."""
         with self._lock:
-            version, busy = self._version, bool(self._reserved or self._reserved_entries)
+            version = self._version
+            busy = bool(self._reserved or self._reserved_entries or self._changing)
         if busy:
             return False
         nbytes, entries, complete = self._count()
         with self._lock:
             if self._version != version or self._reserved or self._reserved_entries:
+                return False
+            if self._changing:
                 return False
             if complete or self._used is None:
                 self._used, self._entries = nbytes, entries

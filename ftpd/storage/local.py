@@ -839,11 +839,13 @@ def _frame_fd(frames: list[_Frame]) -> int:
     fd = frames[i].fd
     assert fd is not None
     for frame in frames[i + 1 :]:
-        nxt = os.open(frame.name, _O_DIR, dir_fd=fd)
+        try:
+            nxt = os.open(frame.name, _O_DIR, dir_fd=fd)
+        finally:  # renamed meanwhile, say: never leave the chain's descriptor open
+            if fd != frames[i].fd:
+                _close(fd)
         if frame is not frames[-1]:
             frame.fd = None
-        if fd != frames[i].fd:
-            _close(fd)
         fd = nxt
     frames[-1].fd = fd
     return fd
@@ -1064,8 +1066,12 @@ class LocalUpload:
     def write(self, data: memoryview) -> int:
         fd = self._file()
         written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError as exc:
+            exc.written = written  # type: ignore[attr-defined]  # a short write, then ENOSPC
+            raise
         return written
 
     def commit(

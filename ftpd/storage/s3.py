@@ -549,7 +549,7 @@ class S3Tree:
         return S3Upload(self, parts, head, size, resume, probe)
 
     def partials(self) -> Iterator[PartialInfo]:
-        """Unfinished uploads of a declared size: their targets, bytes held, ages."""
+        """Unfinished uploads: their targets, bytes held, declared sizes, ages."""
         return self.states.infos()
 
     def discard_partials(self, parts: Parts) -> Removed:

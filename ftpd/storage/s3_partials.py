@@ -131,16 +131,18 @@ class PartialStates:
             )
 
     def infos(self) -> Iterator[PartialInfo]:
-        """Unfinished uploads of a declared size: their targets, bytes held, ages."""
+        """Unfinished uploads: their targets, bytes held, declared sizes (None: an upload
+        that declared none, FTP's STOR), ages."""
         for stem, scan in sorted(self.scan().items()):
             _, _, size = stem.rpartition(".")
-            if not scan.has_state or not size.isdigit():
+            if not scan.has_state or not (size.isdigit() or size == "stream"):
                 continue
             state = self.load(stem)
             if state is None or not isinstance(state.get("target"), str):
                 continue
             parts = tuple(p for p in state["target"].split("/") if p)
-            yield PartialInfo(parts, scan.nbytes, int(size), scan.mtime)
+            expected = int(size) if size.isdigit() else None
+            yield PartialInfo(parts, scan.nbytes, expected, scan.mtime)
 
     def discard(self, parts: Parts) -> Removed:
         """Remove every unfinished upload to ``parts``: how a user gives one up."""

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ftpd import errors
-
-from ftpd.framed import protocol
 from ftp_client import transfer
+from ftpd import errors
+from ftpd.framed import protocol
 
 IS_ROOT = os.geteuid() == 0
 
@@ -26,7 +25,9 @@ IS_ROOT = os.geteuid() == 0
 def _mount_tmpfs(path: Path, size: str, readonly: bool = False) -> None:
     path.mkdir(parents=True, exist_ok=True)
     opts = f"size={size}" + (",ro" if readonly else "")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
 
@@ -48,7 +49,9 @@ def _until(condition, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small file system to fill needs root")
-def test_faults_disk_full_mid_upload_gives_clear_error_and_serves_on(project, server_factory, mounts, tmp_path):
+def test_faults_disk_full_mid_upload_gives_clear_error_and_serves_on(
+    project, server_factory, mounts, tmp_path
+):
     home = project.home("bob")  # bob has no quota: only the disk can stop him
     _mount_tmpfs(home, "2m")
     mounts.append(home)
@@ -155,7 +158,9 @@ def test_faults_stalled_upload_is_taken_over_by_a_new_connection(project, server
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a file system inside a home needs root")
-def test_faults_upload_onto_a_mount_inside_the_home_is_atomic(project, server_factory, mounts, tmp_path):
+def test_faults_upload_onto_a_mount_inside_the_home_is_atomic(
+    project, server_factory, mounts, tmp_path
+):
     """A target on another file system gets its partial beside it: rename stays atomic."""
     mnt = project.home("alice") / "shared"
     _mount_tmpfs(mnt, "8m")

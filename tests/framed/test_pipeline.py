@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from ftpd import errors
 from ftp_client import transfer
+from ftpd import errors
 
 
 def _files(tmp_path, sizes):
@@ -29,7 +29,7 @@ def test_pipeline_many_small_and_one_large_arrive_verified(server, tmp_path):
     results = transfer.put_many(conn, pairs, notice=notices.append, window=8)
     assert [r.path for r in results] == [remote for _, remote in pairs]
     home = server.project.home("bob")
-    for (local, remote), result in zip(pairs, results):
+    for (local, remote), result in zip(pairs, results, strict=True):
         data = local.read_bytes()
         assert (home / remote).read_bytes() == data
         assert result.checksum == hashlib.md5(data).hexdigest()
@@ -46,7 +46,11 @@ def test_pipeline_stops_at_first_failure_and_keeps_the_session_in_step(server, t
         transfer.put_many(conn, pairs, window=32)
     home = server.project.home("carol") / "dir"
     stored = sorted(p.name for p in home.iterdir())
-    assert stored == ["f000.bin", "f001.bin", "f002.bin"]  # in order; those in flight after it hit the quota too
+    assert stored == [
+        "f000.bin",
+        "f001.bin",
+        "f002.bin",
+    ]  # in order; those in flight after it hit the quota too
     for name in stored:
         assert (home / name).read_bytes() == (tmp_path / name).read_bytes()
     assert conn.call("pwd").data["cwd"] == "/"

@@ -11,23 +11,23 @@ import hashlib
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
+from ftp_client import transfer
+from ftp_client.connection import Connection
 from ftpd import errors
 from ftpd.framed.protocol import READY_FOR_DATA, Data, End, Request, Response
-from ftpd.storage.local import LocalTree
+from ftpd.storage.local import PARTIAL_DIR, LocalTree
+from tests.conftest import RunningServer
 
 
 def scan_usage(home):  # bytes under a home, by descriptor
     return LocalTree(home).usage()[0]
 
-from ftpd.storage.local import PARTIAL_DIR
-from ftp_client import transfer
-from ftp_client.connection import Connection
-from tests.conftest import RunningServer
 
 KiB = 1024
 LIMIT = 1024 * KiB  # carol's quota in the fixture's users.yaml

@@ -17,15 +17,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from ftpd.framed.protocol import Data, Request
-from ftpd.storage.local import PARTIAL_DIR
 from ftp_client import transfer
 from ftp_client.connection import Connection
+from ftpd.framed.protocol import Data, Request
+from ftpd.storage.local import PARTIAL_DIR
 from tests.conftest import PASSWORDS, DaemonProcess, RunningServer
 from tests.support import LogRecords
 
@@ -184,7 +185,8 @@ def log_from(daemon: DaemonProcess, verb: str, path: str, size: int, start: int 
     "CMD ... user=bob put path=P ... -> 200 ok (...) PUT size=N from=K": the daemon
     writes it after answering, so the client may have exited before it is read.
     """
-    pattern = rf"user=bob {verb.lower()} path={re.escape(path.lstrip('/'))} .* {verb} size={size} from=\d+"
+    shown = re.escape(path.lstrip("/"))
+    pattern = rf"user=bob {verb.lower()} path={shown} .* {verb} size={size} from=\d+"
     line = daemon.wait_for_line(pattern, start=start)
     return int(re.search(r"from=(\d+)", line).group(1))  # type: ignore[union-attr]
 

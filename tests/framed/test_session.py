@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from ftpd import errors
 from ftp_client.connection import Connection
 from ftp_client.transfer import get_file, put_file
-
+from ftpd import errors
 from tests.conftest import PASSWORDS
 
 MiB = 1024 * 1024
@@ -369,7 +369,7 @@ def test_session_mv_source_outside_home_not_found(client, project):
     sibling.mkdir(parents=True)
     (sibling / "secret").write_bytes(b"s")
     for src in ["../alice2/secret", "/../alice2/secret", "/alice2/secret"]:
-        expect_error(404, "not_found", lambda: client.call("mv", src=src, dst="stolen"))
+        expect_error(404, "not_found", lambda src=src: client.call("mv", src=src, dst="stolen"))
     assert (sibling / "secret").read_bytes() == b"s"
     assert not (project.home("alice") / "stolen").exists()
 
@@ -646,8 +646,8 @@ def test_session_users_are_isolated(server, project):
     a = server.login("alice")
     assert names(a.listdir()) == []
     for path in ["mine.txt", "/mine.txt", "../alice2/mine.txt", "/../alice2/mine.txt", "private"]:
-        expect_error(404, "not_found", lambda: a.call("stat", path=path))
-        expect_error(404, "not_found", lambda: get_bytes(a, path))
+        expect_error(404, "not_found", lambda path=path: a.call("stat", path=path))
+        expect_error(404, "not_found", lambda path=path: get_bytes(a, path))
     put_inline(a, "mine.txt", b"alice data")
     assert get_bytes(a2, "mine.txt") == b"alice2 data"
     assert get_bytes(a, "mine.txt") == b"alice data"
@@ -660,9 +660,7 @@ def test_session_users_are_isolated(server, project):
 # --- non-ASCII names everywhere -----------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["目录", "🎉📁", "文件 名🚀", "Ünïcödé", "é-nfd-e\u0301"]
-)
+@pytest.mark.parametrize("name", ["目录", "🎉📁", "文件 名🚀", "Ünïcödé", "é-nfd-e\u0301"])
 def test_session_unicode_names_everywhere(client, project, tmp_path, name):
     home = project.home("alice")
     client.call("mkdir", path=name)

@@ -9,11 +9,13 @@ refusal shows up as an error, never as a hang.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,12 @@ from ftp_client import cli as client_cli
 from ftp_client.connection import ConnectError, Connection, tls_context
 from ftp_client.transfer import INLINE_MAX, get_file, put_file
 from ftpd import daemon as daemon_mod
-from ftpd.framed import protocol
-from ftpd.core.services import Services
-from ftpd.framed.server import FramedServer
 from ftpd.accounts.users import UserStore
+from ftpd.core.services import Services
+from ftpd.framed import protocol
+from ftpd.framed.server import FramedServer
 from tests.conftest import PASSWORDS, DaemonProcess, Project
+from tests.support import read_frame, wait_until
 
 TIMEOUT_S = 5.0
 
@@ -88,7 +91,7 @@ def tls_server_factory(project: Project, ca: trustme.CA) -> Iterator[Callable[..
         thread.start()
         started.append((server, thread))
         host, port = server.server_address[:2]
-        return TLSServer(host, port, ca_file, server)
+        return TLSServer(str(host), port, ca_file, server)
 
     yield make
     for server, thread in started:
@@ -196,6 +199,75 @@ def test_tls_plain_client_fails_cleanly_and_server_serves_on(tls_server: TLSServ
     conn = tls_server.login("alice")
     assert conn.call("pwd").data["cwd"] == "/"
     conn.quit()
+
+
+# --- connection limits: refused before any handshake (issue 9) -------------------
+
+
+def _closed_at_once(sock: socket.socket, within: float = 2.0) -> bool:
+    """Whether the daemon closed ``sock`` (EOF or reset) within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"max_connections": 2, "max_per_ip": 100}, {"max_connections": 100, "max_per_ip": 2}],
+    ids=["max_connections", "max_per_ip"],
+)
+def test_tls_over_limit_closed_before_handshake_without_a_thread(
+    tls_server_factory: Callable[..., TLSServer], project: Project, limits: dict[str, int]
+) -> None:
+    project.settings.update(limits, login_timeout=30)
+    server = tls_server_factory()
+    address = (server.host, server.port)
+    # Two clients that connect and never start a handshake hold both slots: a handshake
+    # in progress counts against the limits.
+    stalled = [socket.create_connection(address, timeout=TIMEOUT_S) for _ in range(2)]
+    wait_until(lambda: server.server.session_count == 2)
+    threads = threading.active_count()
+    flood = [socket.create_connection(address, timeout=TIMEOUT_S) for _ in range(50)]
+    try:
+        # Each one past the limit is closed at once, before a byte of TLS, and no thread
+        # waits on its hello (was: a thread and a handshake each, for login_timeout).
+        started = time.monotonic()
+        assert all(_closed_at_once(sock) for sock in flood)
+        assert time.monotonic() - started < 3.0
+        assert threading.active_count() <= threads
+        assert server.server.session_count == 2
+        # A real TLS client sees its connection closed during the handshake (no 421
+        # frame can reach it before one): a connection error, exit status 3.
+        with pytest.raises(ConnectError) as info:
+            server.connect(tls_context(cafile=str(server.ca_file)))
+        assert info.value.message.startswith(f"cannot connect to {server.host}:{server.port}")
+    finally:
+        for sock in flood + stalled:
+            sock.close()
+    wait_until(lambda: server.server.session_count == 0)
+    server.login("alice").quit()  # the slots are free again
+
+
+def test_tls_login_timeout_counts_the_handshake(
+    tls_server_factory: Callable[..., TLSServer], project: Project
+) -> None:
+    """login_timeout runs from the connect, handshake included (was: after it, so twice)."""
+    project.settings.update(login_timeout=1, idle_timeout=30)
+    server = tls_server_factory()
+    raw = socket.create_connection((server.host, server.port), timeout=TIMEOUT_S)
+    started = time.monotonic()
+    select.select([raw], [], [], 0.8)  # a slow client: its hello comes 0.8 s late
+    context = tls_context(cafile=str(server.ca_file))
+    with context.wrap_socket(raw, server_hostname=server.host) as sock:
+        assert read_frame(sock)["code"] == protocol.GREETING
+        reply = read_frame(sock)  # nothing sent: the daemon speaks when the time is up
+        elapsed = time.monotonic() - started
+    assert (reply["code"], reply["error"]) == (408, "timeout")
+    assert elapsed < 1.6, elapsed  # 1 s from the connect, not 1 s from the handshake
 
 
 # --- the ftp-client command ---------------------------------------------------------

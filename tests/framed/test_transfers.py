@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 
-from ftpd import errors
-
-from ftpd.framed import protocol
-from ftpd.framed.protocol import Data, End, Request
-from ftpd.storage.local import PARTIAL_DIR
 from ftp_client import transfer
 from ftp_client.connection import Connection
 from ftp_client.shell import Session, Shell
+from ftpd import errors
+from ftpd.framed import protocol
+from ftpd.framed.protocol import Data, End, Request
+from ftpd.storage.local import PARTIAL_DIR
 from tests.conftest import PASSWORDS, RunningServer
 
 MiB = 1024 * 1024
@@ -395,7 +394,12 @@ def test_transfer_partial_upload_shown_by_name_but_never_reachable(server: Runni
     quota = conn.call("quota").data
     assert quota["partial_bytes"] == MiB and quota["partial_count"] == 1
     assert quota["partials"] == [
-        {"path": "/f.bin", "size": MiB, "expected": len(data), "mtime": quota["partials"][0]["mtime"]}
+        {
+            "path": "/f.bin",
+            "size": MiB,
+            "expected": len(data),
+            "mtime": quota["partials"][0]["mtime"],
+        }
     ]
     assert len(partials(home)) == 1  # kept for a resume
     conn.quit()

@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 
-from ftpd.framed import protocol
 from ftpd.errors import (
     BadRequestError,
     HeaderTooLargeError,
     ProtocolError,
     UnknownCommandError,
 )
-from ftpd.framed.session import FramedSession
+from ftpd.framed import protocol
 from ftpd.framed.protocol import (
     COMMANDS,
     MAX_BODY_BYTES,
@@ -32,6 +31,7 @@ from ftpd.framed.protocol import (
     Request,
     Response,
 )
+from ftpd.framed.session import FramedSession
 
 MD5_EMPTY = "d41d8cd98f00b204e9800998ecf8427e"
 
@@ -165,7 +165,7 @@ def test_protocol_encode_refuses_oversize_header() -> None:
 
 @pytest.mark.parametrize("text", ["a\udcff", "\udc80.txt", "\ud800", "ok/\udfff"])
 def test_protocol_encode_refuses_lone_surrogates(text: str) -> None:
-    """Regression: surrogateescape put invalid UTF-8 on the wire; the peer then dropped the session."""
+    """Regression: surrogateescape put invalid UTF-8 on the wire; the peer dropped the session."""
     for message in (Request("cd", {"path": text}), Response(False, 404, text, "not_found")):
         with pytest.raises(BadRequestError) as info:
             protocol.encode(message)
