@@ -212,7 +212,10 @@ def read_header(sock: socket.socket, deadline: float) -> Header:
         if left <= 0:
             raise TimeoutError("no PROXY header before the deadline")
         sock.settimeout(left)
-        data = sock.recv(parser.need)
+        try:
+            data = sock.recv(parser.need)
+        except TimeoutError:
+            raise TimeoutError("no PROXY header before the deadline") from None
         if not data:
             raise ProxyError("the connection ended before a whole PROXY header")
         header = parser.feed(data)
