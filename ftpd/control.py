@@ -242,6 +242,9 @@ def start(
     lifts every lock as well.
     """
     try:
+        # Its folder (home_root by default) exists on the local disk; with the homes in an
+        # object store it may not: make it (the last component only, as for log_dir).
+        Path(path).parent.mkdir(exist_ok=True)
         server = ControlServer(path, throttle, reload)
     except OSError as exc:
         logger.error(
