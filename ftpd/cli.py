@@ -63,10 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     reload.set_defaults(func=_reload)
 
     from ftpd.admin import commands as admin  # the user subcommands live beside their editor
+    from ftpd.admin import quota as quota_admin  # `ftpd quota rescan`
     from ftpd.admin import state as state_admin  # `ftpd state init`
+    from ftpd.admin import storage as storage_admin  # `ftpd storage gc`
 
     admin.add_parser(sub, DEFAULT_CONFIG)
     state_admin.add_parser(sub, DEFAULT_CONFIG)
+    quota_admin.add_parser(sub, DEFAULT_CONFIG)
+    storage_admin.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 

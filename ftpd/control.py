@@ -8,8 +8,12 @@ one JSON line in (``{"cmd": "unlock", "user": "alice"}``) and one JSON line out
 The socket is a Unix stream socket, mode 0600, at ``control_socket`` (by default
 ``<home_root>/.ftpd-control.sock``: user names cannot start with '.', so it is never a
 home), and a peer whose uid is neither the daemon's nor root's is refused.  One thread
-serves it, one connection at a time, each bounded by ``TIMEOUT_S``.  This module must
-never act on a command that is not in ``COMMANDS``, and never write a file but its socket.
+serves it, one connection at a time, each bounded by ``TIMEOUT_S`` (``rescan`` and ``gc``
+take as long as counting the homes takes; the admin's side waits ``LONG_TIMEOUT_S``).
+``rescan`` corrects the ledgers from the store (``ftpd quota rescan``); ``gc`` runs the
+sweep of unfinished uploads now (``ftpd storage gc`` with the in-process state).  This
+module must never act on a command that is not in ``COMMANDS``, and never write a file but
+its socket (``gc`` removes unfinished uploads through the storage, as the sweep does).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import socketserver
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,12 +37,18 @@ from ftpd.logs import clean
 
 if TYPE_CHECKING:
     from ftpd.accounts.throttle import LoginThrottle
+    from ftpd.core.services import Services
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 5.0
 #: How long ``ftpd reload`` waits for the daemon to carry a reload out.
 RELOAD_TIMEOUT_S = 60.0
+#: How long ``rescan`` waits, at most, for running uploads to let go of a user's ledger.
+RESCAN_WAIT_S = 10.0
+#: How long ``ftpd quota rescan`` and ``ftpd storage gc`` wait for the answer (a recount
+#: lists every key of every home).
+LONG_TIMEOUT_S = 600.0
 MAX_LINE = 4096  # a request is a command and a user name: far less than this
 _MODE = 0o600
 
@@ -86,10 +97,101 @@ def _reload(server: ControlServer, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "message": message} if ok else _error(message)
 
 
+def _figures(usage: Any) -> dict[str, int]:
+    return {
+        "used": usage.used,
+        "entries": usage.entries,
+        "reserved": usage.reserved,
+        "reserved_entries": usage.reserved_entries,
+    }
+
+
+def _rescan(server: ControlServer, request: dict[str, Any]) -> dict[str, Any]:
+    """Count usage again from the store and correct the ledger: one user, or every user
+    whose home exists.  A ledger that uploads hold (reservations) or that ``rm``/``mv``
+    are changing is waited for, ``RESCAN_WAIT_S`` at most in all; then "busy" is reported
+    for it rather than forcing a count that would be wrong."""
+    from ftpd.accounts.users import check_name
+    from ftpd.errors import FTPError
+
+    services = server.services
+    if services is None:
+        return _error("this daemon cannot rescan from the control socket")
+    storage = services.accounts.storage
+    name = request.get("user")
+    try:
+        if name is None:
+            names = list(storage.roots())
+        elif not isinstance(name, str) or check_name(name):
+            return _error(f"not a user name: {clean(str(name), 64)}")
+        elif name not in set(storage.roots()):
+            return _error(f"{name} has no home in the store: nothing to count")
+        else:
+            names = [name]
+    except FTPError as exc:
+        return _error(f"cannot list the homes: {exc.message}")
+    deadline = time.monotonic() + RESCAN_WAIT_S
+    results: list[dict[str, Any]] = []
+    for user in names:
+        tree = storage.tree(user)
+        ledger = services.ledgers.ledger(user, tree.usage)
+        try:
+            before = ledger.usage()
+            while not (taken := ledger.recount()) and time.monotonic() < deadline:
+                server.pause.wait(0.1)  # uploads still hold the ledger: a bounded poll
+            after = ledger.usage()
+        except FTPError as exc:
+            results.append({"user": user, "status": "failed", "error": exc.message})
+            continue
+        status = "recounted" if taken else "busy"
+        logger.info(
+            "RESCAN user='%s' %s used=%d->%d entries=%d->%d",
+            clean(user, 64),
+            status,
+            before.used,
+            after.used,
+            before.entries,
+            after.entries,
+        )
+        results.append(
+            {"user": user, "status": status, "before": _figures(before), "after": _figures(after)}
+        )
+    busy = sum(1 for r in results if r["status"] != "recounted")
+    message = f"rescanned {len(results) - busy} of {len(results)} user(s)"
+    return {"ok": True, "message": message, "data": {"users": results}}
+
+
+def _gc(server: ControlServer, request: dict[str, Any]) -> dict[str, Any]:
+    """Remove unfinished uploads idle past ``partial_ttl`` now (the daemon's periodic
+    sweep, at once), with the claims and ledgers only this daemon holds."""
+    from ftpd.core.files import sweep_partials
+    from ftpd.errors import FTPError
+
+    services = server.services
+    if services is None:
+        return _error("this daemon cannot sweep from the control socket")
+    removed: list[dict[str, Any]] = []
+
+    def seen(user: str, info: Any, freed: int) -> None:
+        removed.append({"user": user, "path": "/" + "/".join(info.parts), "freed": freed})
+
+    ttl = services.config.partial_ttl
+    try:
+        freed = sweep_partials(
+            services.accounts.storage, services.ledgers, services.runtime.claims, ttl, seen
+        )
+    except FTPError as exc:
+        return _error(f"the sweep failed: {exc.message}")
+    message = f"removed {len(removed)} unfinished upload(s), {freed} bytes freed"
+    return {"ok": True, "message": message, "data": {"removed": removed, "freed": freed}}
+
+
 #: Every command the socket accepts: the table first, never a name looked up otherwise.
 COMMANDS: dict[str, Callable[[ControlServer, dict[str, Any]], dict[str, Any]]] = {
     "unlock": _unlock,
     "reload": _reload,
+    "rescan": _rescan,
+    "gc": _gc,
 }
 
 
@@ -105,10 +207,15 @@ class ControlServer(socketserver.UnixStreamServer):
         path: Path,
         throttle: LoginThrottle,
         reload: Callable[[], tuple[bool, str]] | None = None,
+        services: Services | None = None,
     ) -> None:
         self.path = Path(path)
         self.throttle = throttle
         self.reload = reload
+        #: The daemon's ledgers and storage (``rescan``, ``gc``); None: those are refused.
+        self.services = services
+        #: Set when the server stops, so a waiting ``rescan`` gives up at once.
+        self.pause = threading.Event()
         self._node: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         super().__init__(str(self.path), _Handler)
@@ -145,6 +252,7 @@ class ControlServer(socketserver.UnixStreamServer):
 
     def stop(self) -> None:
         """Stop serving, close, and remove the socket if it is still ours."""
+        self.pause.set()
         if self._thread is not None:
             self.shutdown()
             self._thread.join(timeout=TIMEOUT_S + 1)
@@ -235,6 +343,7 @@ def start(
     path: Path,
     throttle: LoginThrottle,
     reload: Callable[[], tuple[bool, str]] | None = None,
+    services: Services | None = None,
 ) -> ControlServer | None:
     """The control socket, serving in its thread; None (logged) when it cannot listen.
 
@@ -245,7 +354,7 @@ def start(
         # Its folder (home_root by default) exists on the local disk; with the homes in an
         # object store it may not: make it (the last component only, as for log_dir).
         Path(path).parent.mkdir(exist_ok=True)
-        server = ControlServer(path, throttle, reload)
+        server = ControlServer(path, throttle, reload, services)
     except OSError as exc:
         logger.error(
             "CONTROL socket unavailable at %s: %s; `ftpd user unlock` cannot reach this "

@@ -222,7 +222,10 @@ def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
         return asked.outcome
 
     control = control_mod.start(
-        cfg.control_path, server.services.accounts.throttle, reload=request_reload
+        cfg.control_path,
+        server.services.accounts.throttle,
+        reload=request_reload,
+        services=server.services,
     )
     rejected = False  # the last reload was refused: `systemctl status` says so until the next
 

@@ -123,10 +123,16 @@ def _log_expired(user: str, info: PartialInfo, freed: int) -> None:
     )
 
 
-def sweep_partials(storage: Storage, ledgers: Ledgers, claims: Claims, ttl: float) -> int:
+def sweep_partials(
+    storage: Storage,
+    ledgers: Ledgers,
+    claims: Claims,
+    ttl: float,
+    on_removed: Callable[[str, PartialInfo, int], None] | None = None,
+) -> int:
     """Remove every unfinished upload idle past ``ttl`` in every home (the daemon's
-    periodic sweep); uploads still receiving bytes hold a claim and are kept.  Returns
-    the bytes freed."""
+    periodic sweep, ``ftpd storage gc``); uploads still receiving bytes hold a claim and
+    are kept.  ``on_removed(user, info, freed)`` hears of each.  Returns the bytes freed."""
     total = 0
     now = time.time()
     for user in storage.roots():
@@ -139,6 +145,8 @@ def sweep_partials(storage: Storage, ledgers: Ledgers, claims: Claims, ttl: floa
             if ledger is not None:
                 ledger.adjust(-freed, 0)
             _log_expired(user, info, freed)
+            if on_removed is not None:
+                on_removed(user, info, freed)
             total += freed
     return total
 

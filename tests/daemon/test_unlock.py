@@ -200,7 +200,7 @@ def _raw(path: Path, payload: bytes) -> dict[str, Any]:
     [
         (b"not json\n", "not one JSON line"),
         (b"[1, 2]\n", 'must be an object with a "cmd"'),
-        (b'{"cmd": "shutdown"}\n', "unknown command (known: reload, unlock)"),
+        (b'{"cmd": "shutdown"}\n', "unknown command (known: gc, reload, rescan, unlock)"),
         (b'{"cmd": "__init__"}\n', "unknown command"),
         (b'{"cmd": "unlock"}\n', "unlock needs a user name"),
         (b'{"cmd": "unlock", "user": 5}\n', "unlock needs a user name"),
