@@ -14,6 +14,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from ftpd.errors import QuotaExceededError
+from ftpd.units import format_size
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -71,3 +74,29 @@ class Claims(Protocol):
 
     def claim(self, key: str, interrupt: Callable[[], None]) -> Claim: ...
     def held(self, key: str) -> bool: ...
+
+
+def check_room(usage: Usage, nbytes: int, entries: int, limits: Limits) -> None:
+    """Refuse what would pass ``limits``: one message and one set of data for every backend.
+
+    Raises:
+        QuotaExceededError: ``nbytes`` or ``entries`` more would pass ``limits``.
+    """
+    held = usage.used + usage.reserved
+    if nbytes and limits.nbytes is not None and held + nbytes > limits.nbytes:
+        room = max(0, limits.nbytes - held)
+        raise QuotaExceededError(
+            f"quota exceeded: {format_size(nbytes)} needed, {format_size(room)} free "
+            f"of {format_size(limits.nbytes)}",
+            available=room,
+            limit=limits.nbytes,
+            used=usage.used,
+        )
+    count = usage.entries + usage.reserved_entries
+    if entries and limits.entries is not None and count + entries > limits.entries:
+        raise QuotaExceededError(
+            f"quota exceeded: at most {limits.entries} files and folders ({count} already)",
+            available_files=max(0, limits.entries - count),
+            max_files=limits.entries,
+            files=usage.entries,
+        )

@@ -18,9 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from ftpd.errors import ConflictError, QuotaExceededError
-from ftpd.state.base import Limits, Usage
-from ftpd.units import format_size
+from ftpd.errors import ConflictError
+from ftpd.state.base import Limits, Usage, check_room
 
 logger = logging.getLogger(__name__)
 
@@ -103,24 +102,8 @@ class LocalLedger:
 
     def _check(self, nbytes: int, entries: int, limits: Limits) -> None:
         assert self._used is not None
-        held = self._used + self._reserved
-        if nbytes and limits.nbytes is not None and held + nbytes > limits.nbytes:
-            room = max(0, limits.nbytes - held)
-            raise QuotaExceededError(
-                f"quota exceeded: {format_size(nbytes)} needed, {format_size(room)} free "
-                f"of {format_size(limits.nbytes)}",
-                available=room,
-                limit=limits.nbytes,
-                used=self._used,
-            )
-        count = self._entries + self._reserved_entries
-        if entries and limits.entries is not None and count + entries > limits.entries:
-            raise QuotaExceededError(
-                f"quota exceeded: at most {limits.entries} files and folders ({count} already)",
-                available_files=max(0, limits.entries - count),
-                max_files=limits.entries,
-                files=self._entries,
-            )
+        usage = Usage(self._used, self._reserved, self._entries, self._reserved_entries)
+        check_room(usage, nbytes, entries, limits)
 
     def adjust(self, nbytes: int, entries: int) -> None:
         """Record bytes and entries the daemon added (+) or removed (-)."""

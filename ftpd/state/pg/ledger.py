@@ -15,7 +15,6 @@ it counts a home.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import secrets
 import threading
@@ -24,9 +23,8 @@ from typing import TYPE_CHECKING
 
 from ftpd.errors import ConflictError, QuotaExceededError, UnavailableError
 from ftpd.logs import clean
-from ftpd.state.base import Limits, Usage
+from ftpd.state.base import Limits, Usage, check_room
 from ftpd.state.pg.db import ADJUST, LOST, CommitUnknownError
-from ftpd.units import format_size
 
 if TYPE_CHECKING:
     from ftpd.state.pg.db import Cursor, Database
@@ -87,32 +85,6 @@ _RECOUNT = """
     WHERE user_name = %(user)s AND version = %(version)s
       AND reserved = 0 AND reserved_entries = 0
     RETURNING 1"""
-
-
-def check_room(usage: Usage, nbytes: int, entries: int, limits: Limits) -> None:
-    """Refuse as ``state.local`` does, with the same message and data.
-
-    Raises:
-        QuotaExceededError: ``nbytes`` or ``entries`` more would pass ``limits``.
-    """
-    held = usage.used + usage.reserved
-    if nbytes and limits.nbytes is not None and held + nbytes > limits.nbytes:
-        room = max(0, limits.nbytes - held)
-        raise QuotaExceededError(
-            f"quota exceeded: {format_size(nbytes)} needed, {format_size(room)} free "
-            f"of {format_size(limits.nbytes)}",
-            available=room,
-            limit=limits.nbytes,
-            used=usage.used,
-        )
-    count = usage.entries + usage.reserved_entries
-    if entries and limits.entries is not None and count + entries > limits.entries:
-        raise QuotaExceededError(
-            f"quota exceeded: at most {limits.entries} files and folders ({count} already)",
-            available_files=max(0, limits.entries - count),
-            max_files=limits.entries,
-            files=usage.entries,
-        )
 
 
 def _usage(cur: Cursor, user: str) -> Usage | None:
