@@ -29,10 +29,11 @@ import run  # bench/run.py: the daemon wrapper and the phases themselves
 def serve(out_path: str, config_path: str) -> int:
     """Like ``ftpd serve``, but every session thread runs under its own CPU-time profile."""
     from ftpd import config as config_mod
+    from ftpd.accounts.users import UserStore
+    from ftpd.core.services import Services
+    from ftpd.framed.server import FramedServer
     from ftpd.framed.session import FramedSession
     from ftpd.logs import setup_logging
-    from ftpd.framed.server import FramedServer
-    from ftpd.accounts.users import UserStore
 
     profiles: list[cProfile.Profile] = []
 
@@ -44,12 +45,15 @@ def serve(out_path: str, config_path: str) -> int:
 
     cfg = config_mod.load(Path(config_path))
     setup_logging(cfg.log_dir, cfg.log_level, cfg.log_max_bytes, cfg.log_backup_count)
-    server = FramedServer(cfg, UserStore.load(cfg.users_file), handler=ProfiledHandler)
+    services = Services.build(cfg, UserStore.load(cfg.users_file))
+    server = FramedServer(cfg, services, handler=ProfiledHandler)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
     loop.start()
-    logging.getLogger("ftpd").info("LISTENING host=%s port=%d (profiled)", *server.server_address[:2])
+    logging.getLogger("ftpd").info(
+        "LISTENING host=%s port=%d (profiled)", *server.server_address[:2]
+    )
     stop.wait()
     server.shutdown()
     server.server_close()
@@ -72,12 +76,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ftpd-hotspots-") as name:
         tmp = Path(name)
         out = tmp / "daemon.prof"
-        d = run.Daemon(tmp / "srv", args.fsync, serve=[sys.executable, __file__, "--serve", str(out)]).start()
+        d = run.Daemon(
+            tmp / "srv", args.fsync, serve=[sys.executable, __file__, "--serve", str(out)]
+        ).start()
         client = cProfile.Profile(time.thread_time)
         try:
             if args.phase == "big":
                 src = tmp / "source.bin"
-                result: Any = client.runcall(run.big_transfer, d, tmp, src, run.make_source(src, sizes.size), "md5")
+                result: Any = client.runcall(
+                    run.big_transfer, d, tmp, src, run.make_source(src, sizes.size), "md5"
+                )
             else:
                 phase = run.small_puts if args.phase == "small" else run.ls_round_trips
                 result = client.runcall(phase, d, tmp, sizes.count)
@@ -85,7 +93,10 @@ def main() -> int:
             d.stop()
         print(f"{args.phase}, fsync {'on' if args.fsync else 'off'} (slowed by profiling):")
         print("  " + ", ".join(f"{k}={v:.0f}" for k, v in result.items() if isinstance(v, float)))
-        for side, stats in (("daemon sessions", pstats.Stats(str(out))), ("client", pstats.Stats(client))):
+        for side, stats in (
+            ("daemon sessions", pstats.Stats(str(out))),
+            ("client", pstats.Stats(client)),
+        ):
             print(f"\n=== {side}: CPU seconds, by own time")
             stats.sort_stats("tottime").print_stats(args.top)
             print(f"=== {side}: CPU seconds, cumulative, ftpd/ and ftp_client/ only")

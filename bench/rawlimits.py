@@ -110,9 +110,16 @@ def _loopback_pair(bufsize: int | None) -> tuple[socket.socket, socket.socket]:
     return sender, receiver
 
 
-def _loopback(dirpath: Path, total_bytes: int, chunk: int, digest: str | None,
-              write: bool, bufsize: int | None = SOCK_BUF) -> float:
-    """Time sendfile -> recv_into [-> digest] [-> file] over loopback; MB/s."""
+def _loopback(
+    dirpath: Path,
+    total_bytes: int,
+    chunk: int,
+    digest: str | None,
+    write: bool,
+    bufsize: int | None = SOCK_BUF,
+    fsync: bool = False,
+) -> float:
+    """Time sendfile -> recv_into [-> digest] [-> file [-> fsync]] over loopback; MB/s."""
     src = Path(dirpath) / "rawlimits-src.bin"
     dst = Path(dirpath) / "rawlimits-dst.bin"
     try:
@@ -134,7 +141,7 @@ def _loopback(dirpath: Path, total_bytes: int, chunk: int, digest: str | None,
         h = _new_digest(digest) if digest else None
         received = 0
         # Closing dst (flush) and the receiver is part of the timed work.
-        with receiver, (open(dst, "wb") if write else nullcontext()) as out:
+        with receiver, open(dst, "wb") if write else nullcontext() as out:
             start = time.perf_counter()
             thread = threading.Thread(target=send, daemon=True)
             thread.start()
@@ -147,6 +154,9 @@ def _loopback(dirpath: Path, total_bytes: int, chunk: int, digest: str | None,
                     h.update(view[:n])
                 if out is not None:
                     out.write(view[:n])
+            if out is not None and fsync:  # the final flush a durable upload waits for
+                out.flush()
+                os.fsync(out.fileno())
             thread.join()
         elapsed = time.perf_counter() - start
         if errors:
@@ -161,10 +171,15 @@ def _loopback(dirpath: Path, total_bytes: int, chunk: int, digest: str | None,
         dst.unlink(missing_ok=True)
 
 
-def loopback_verified_limit(dirpath: Path, total_bytes: int = 1 << 30, chunk: int = 1 << 20,
-                            digest: str = "md5") -> float:
-    """THE raw verified limit: sendfile -> recv_into -> digest -> file write."""
-    return _loopback(dirpath, total_bytes, chunk, digest, write=True)
+def loopback_verified_limit(
+    dirpath: Path,
+    total_bytes: int = 1 << 30,
+    chunk: int = 1 << 20,
+    digest: str = "md5",
+    fsync: bool = False,
+) -> float:
+    """THE raw verified limit: sendfile -> recv_into -> digest -> file write [-> fsync]."""
+    return _loopback(dirpath, total_bytes, chunk, digest, write=True, fsync=fsync)
 
 
 def loopback_raw_limit(total_bytes: int = 1 << 30, chunk: int = 1 << 20) -> float:
@@ -189,8 +204,11 @@ def measure_all(
 
 def fastest_digest(results: dict[str, float]) -> str:
     """Name of the digest with the highest plain hashing throughput in results."""
-    rates = {k[: -len("_MBps")]: v for k, v in results.items()
-             if k.endswith("_MBps") and "_" not in k[: -len("_MBps")]}
+    rates = {
+        k[: -len("_MBps")]: v
+        for k, v in results.items()
+        if k.endswith("_MBps") and "_" not in k[: -len("_MBps")]
+    }
     return max(rates, key=rates.__getitem__)
 
 

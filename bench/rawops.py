@@ -1,14 +1,16 @@
 """Raw limits for small operations, and the settle step before every big timed one.
 
 Its one job: give ``run.py`` the machine's floor for what the daemon does per request
-(create + write + [fsync] + rename of a small file; a loopback ping-pong between two
-processes), and the same memory state before each timed 1 GiB step, raw or daemon.
+(create + write + rename of a small file, durable one by one or a group at a time; a
+loopback ping-pong between two processes), and the same memory state before each timed
+1 GiB step, raw or daemon.
 rawlimits.py owns the big-throughput limits; this module only wraps them.  It must never
 leave a file behind outside the directory it is given.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import socket
@@ -38,32 +40,64 @@ def settle(tmp: Path, size: int) -> None:
 
 
 def raw_limits(tmp: Path, size: int) -> dict[str, float]:
-    """rawlimits.measure_all's figures (xxhash left out), each big step after ``settle``."""
-    res = {f"{d}_MBps": rawlimits.digest_throughput(d, size) for d in ("md5", "sha1", "blake2b")}
-    steps = {"disk_write_MBps": lambda: rawlimits.disk_write_throughput(tmp, size),
-             "loopback_raw_MBps": lambda: rawlimits.loopback_raw_limit(size),
-             "loopback_verified_md5_MBps": lambda: rawlimits.loopback_verified_limit(tmp, size, digest="md5"),
-             "loopback_verified_sha1_MBps": lambda: rawlimits.loopback_verified_limit(tmp, size, digest="sha1")}
-    for key, step in steps.items():
-        settle(tmp, size)
-        res[key] = step()
+    """md5 hashing and the bare loopback limit (sendfile -> recv_into), each big step after
+    ``settle``.  The verified limits are measured by ``run.py`` right beside each of our
+    transfers (``rawlimits.loopback_verified_limit``)."""
+    res = {"md5_MBps": rawlimits.digest_throughput("md5", size)}
+    settle(tmp, size)
+    res["loopback_raw_MBps"] = rawlimits.loopback_raw_limit(size)
     return res
 
 
 def raw_small_files(tmp: Path, count: int, fsync: bool) -> float:
-    """files/s of a bare create + write 4 KiB [+ fsync] + close + rename loop."""
+    """files/s of a bare create + write 4 KiB + close + rename loop; with ``fsync``, durable
+    one by one as an upload is: fsync of the file before the rename, of the folder after."""
     folder, data = tmp / f"raw-small-{fsync}", os.urandom(4096)
     folder.mkdir()
     os.sync()
-    t0 = time.perf_counter()
-    for i in range(count):
-        fd = os.open(folder / f"p{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-        os.close(fd)
-        os.replace(folder / f"p{i}", folder / f"f{i}")
-    return count / (time.perf_counter() - t0)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        t0 = time.perf_counter()
+        for i in range(count):
+            fd = os.open(folder / f"p{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+            os.close(fd)
+            os.replace(folder / f"p{i}", folder / f"f{i}")
+            if fsync:
+                os.fsync(dir_fd)
+        return count / (time.perf_counter() - t0)
+    finally:
+        os.close(dir_fd)
+
+
+def _syncfs(fd: int) -> None:
+    """syncfs(2): flush every dirty page and inode of the file system holding ``fd``."""
+    if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def raw_small_files_grouped(tmp: Path, count: int, group: int = 32) -> float:
+    """files/s of the same loop made durable ``group`` files at a time by one syncfs: the
+    floor for uploads that share their flushes (group commit)."""
+    folder, data = tmp / "raw-small-grouped", os.urandom(4096)
+    folder.mkdir()
+    os.sync()
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        t0 = time.perf_counter()
+        for i in range(count):
+            fd = os.open(folder / f"p{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+            os.replace(folder / f"p{i}", folder / f"f{i}")
+            if (i + 1) % group == 0 or i + 1 == count:
+                _syncfs(dir_fd)
+        return count / (time.perf_counter() - t0)
+    finally:
+        os.close(dir_fd)
 
 
 def _echo(ports: Any) -> None:

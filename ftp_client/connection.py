@@ -145,6 +145,11 @@ class Connection:
         except (OSError, ValueError):  # closed already
             return True
 
+    @property
+    def closed(self) -> bool:
+        """True once this connection was closed (by us, or after a broken stream)."""
+        return self.sock.fileno() == -1
+
     def close(self) -> None:
         try:
             self.sock.close()

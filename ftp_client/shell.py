@@ -10,6 +10,7 @@ resumes it.  This module must never print a traceback.
 from __future__ import annotations
 
 import cmd
+import contextlib
 import inspect
 import os
 import posixpath
@@ -17,7 +18,7 @@ import shlex
 import stat as stat_mod
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -494,11 +495,8 @@ class Shell(cmd.Cmd):
         for tree in trees:
             dirs, tree_files = transfer.walk_local(tree)
             root = dest(tree.name)
-            self.conn.call("mkdir", path=root, parents=True)
-            for d in dirs:
-                self.conn.call(
-                    "mkdir", path=posixpath.join(root, d.relative_to(tree).as_posix()), parents=True
-                )
+            folders = [posixpath.join(root, d.relative_to(tree).as_posix()) for d in dirs]
+            transfer.make_dirs(self.conn, [root, *folders])
             pairs += [(f, posixpath.join(root, f.relative_to(tree).as_posix())) for f in tree_files]
         self._put_pairs(pairs, preserve, each=True)
         return None
@@ -512,11 +510,8 @@ class Shell(cmd.Cmd):
         if not local.is_dir():
             raise UsageError(f"{local}: not a directory")
         dirs, files = transfer.walk_local(local)
-        self.conn.call("mkdir", path=remote, parents=True)
-        for d in dirs:
-            self.conn.call(
-                "mkdir", path=posixpath.join(remote, d.relative_to(local).as_posix()), parents=True
-            )
+        folders = [posixpath.join(remote, d.relative_to(local).as_posix()) for d in dirs]
+        transfer.make_dirs(self.conn, [remote, *folders])
         pairs = [(f, posixpath.join(remote, f.relative_to(local).as_posix())) for f in files]
         self._put_pairs(pairs, preserve, each=False)
         self.say(f"put {len(files)} files, {len(dirs) + 1} directories to {remote}")
@@ -538,7 +533,7 @@ class Shell(cmd.Cmd):
                 total += local.stat().st_size
             except OSError:
                 pass  # put_many reports it, in order
-        with self._overall(len(pairs), total):
+        with self._overall(len(pairs), total), self._stopped("put", len(pairs)) as count:
             transfer.put_many(
                 self.conn,
                 pairs,
@@ -546,7 +541,7 @@ class Shell(cmd.Cmd):
                 self.notice,
                 digest=self.digest,
                 preserve=preserve,
-                done=done,
+                done=count(done),
             )
 
     def do_get(self, line: str) -> None:
@@ -622,29 +617,57 @@ class Shell(cmd.Cmd):
     def _get_jobs(
         self, jobs: list[tuple[str, Path, dict[str, Any]]], top: Path, preserve: bool, each: bool
     ) -> None:
-        """Download files one by one under an overall bar; ``each``: a line per file."""
+        """Download many files (small ones pipelined) under an overall bar; ``each``: a
+        line per file."""
         root = top.resolve()
+        for path, target, _entry in jobs:
+            if not target.resolve().is_relative_to(root):  # belt and braces after walk_remote
+                raise errors.PathEscapeError(f"{path}: would be written outside {top}")
+
+        def done(result: transfer.Result, index: int, count: int) -> None:
+            if self.bars is not None and self.bars.overall is not None:
+                self.bars.file_done(result.size)
+            else:
+                self.notice(f"[{index}/{count}] {result.path}")
+            if each:
+                self._report("got", result)
+
         total = sum(int(entry.get("size") or 0) for _p, _l, entry in jobs)
-        with self._overall(len(jobs), total):
-            for i, (path, target, entry) in enumerate(jobs, 1):
-                if not target.resolve().is_relative_to(root):  # belt and braces after walk_remote
-                    raise errors.PathEscapeError(f"{path}: would be written outside {top}")
-                if self.bars is None or self.bars.overall is None:
-                    self.notice(f"[{i}/{len(jobs)}] {path}")
-                result = transfer.get_file(
-                    self.conn,
-                    path,
-                    target,
-                    self.progress,
-                    self.notice,
-                    self.digest,
-                    preserve=preserve,
-                    known_mtime=entry.get("mtime"),
+        with self._overall(len(jobs), total), self._stopped("got", len(jobs)) as count:
+            transfer.get_many(
+                self.conn,
+                jobs,
+                self.progress,
+                self.notice,
+                digest=self.digest,
+                preserve=preserve,
+                done=count(done),
+            )
+
+    @contextlib.contextmanager
+    def _stopped(self, verb: str, files: int) -> Iterator[Callable[..., Any]]:
+        """A many-file transfer that fails says how far it got (the error line follows).
+
+        Yields a wrapper for the ``done`` callback that counts the files.
+        """
+        counted = [0]
+
+        def count(done: Callable[[transfer.Result, int, int], None]) -> Callable[..., None]:
+            def wrapper(result: transfer.Result, index: int, total: int) -> None:
+                counted[0] = index
+                done(result, index, total)
+
+            return wrapper
+
+        try:
+            yield count
+        except (errors.FTPError, OSError):
+            if files > 1:
+                self.notice(
+                    f"stopped at the first failure: {verb} {counted[0]} of {files} files; "
+                    "run the same command again to resume"
                 )
-                if self.bars is not None:
-                    self.bars.file_done(result.size)
-                if each:
-                    self._report("got", result)
+            raise
 
     def _overall(self, files: int, total: int) -> _Overall:
         return _Overall(self.bars, files, total)

@@ -12,12 +12,13 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from ftp_client import cli, shell as shell_mod, transfer
+from ftp_client import cli, transfer
+from ftp_client import shell as shell_mod
 from tests.conftest import PASSWORDS, RunningServer
 
 MiB = 1024 * 1024
@@ -217,7 +218,8 @@ def test_cli_non_ascii_names_through_batch(
     data = "中文内容\n".encode() * 1000
     (local / "报告.txt").write_bytes(data)
     (local / "cmds.txt").write_text(
-        "mkdir 文件夹\ncd 文件夹\nput 报告.txt\nls\ncd /\nls\nget 文件夹/报告.txt 副本.txt\nstat 文件夹/报告.txt\n",
+        "mkdir 文件夹\ncd 文件夹\nput 报告.txt\nls\ncd /\nls\n"
+        "get 文件夹/报告.txt 副本.txt\nstat 文件夹/报告.txt\n",
         encoding="utf-8",
     )
 

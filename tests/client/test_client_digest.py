@@ -27,4 +27,6 @@ def test_client_digest_sha1_put_and_get_verified(server, tmp_path, monkeypatch, 
 
 
 def test_client_digest_unknown_is_a_usage_error(server, capsys):
-    assert main(["--digest", "crc32", "-u", "bob", "-c", "pwd", f"{server.host}:{server.port}"]) == 2
+    assert (
+        main(["--digest", "crc32", "-u", "bob", "-c", "pwd", f"{server.host}:{server.port}"]) == 2
+    )

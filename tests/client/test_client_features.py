@@ -114,16 +114,24 @@ def test_ls_long_shows_type_permissions_size_time_and_name(
     lines = out.splitlines()
     assert len(lines) == 2
     assert re.fullmatch(r"drwxr-xr-x +- +\d{4}-\d\d-\d\d \d\d:\d\d  docs", lines[0]), lines[0]
-    assert re.fullmatch(r"-rw-r--r-- +18231  \d{4}-\d\d-\d\d \d\d:\d\d  report.pdf", lines[1]), lines[1]
+    assert re.fullmatch(r"-rw-r--r-- +18231  \d{4}-\d\d-\d\d \d\d:\d\d  report.pdf", lines[1]), (
+        lines[1]
+    )
     for flags in ("-la", "-al", "-l -a", "-a -l"):
         out, err = run(shell, f"ls {flags}", capsys)
         assert not shell.last_failed, err
-        assert [line.rsplit("  ", 1)[1] for line in out.splitlines()] == [".hidden", "docs", "report.pdf"]
+        assert [line.rsplit("  ", 1)[1] for line in out.splitlines()] == [
+            ".hidden",
+            "docs",
+            "report.pdf",
+        ]
     out, _ = run(shell, "ls -l report.pdf", capsys)
     assert out.startswith("-rw-r--r--") and out.rstrip().endswith("  report.pdf")
 
 
-def test_ls_unknown_option_is_a_usage_error(shell: Shell, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ls_unknown_option_is_a_usage_error(
+    shell: Shell, capsys: pytest.CaptureFixture[str]
+) -> None:
     _out, err = run(shell, "ls -x", capsys)
     assert shell.last_status == EXIT_USAGE
     assert_one_error_line(err)
@@ -140,7 +148,9 @@ def test_cd_alone_goes_home(shell: Shell, capsys: pytest.CaptureFixture[str]) ->
     assert run(shell, "pwd", capsys)[0] == "/\n"
 
 
-def test_mv_into_an_existing_folder(shell: Shell, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mv_into_an_existing_folder(
+    shell: Shell, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (home / "sub").mkdir()
     (home / "a.txt").write_bytes(b"a")
     _out, err = run(shell, "mv a.txt sub", capsys)
@@ -158,7 +168,9 @@ class FakeServer:
     a timeout.
     """
 
-    def __init__(self, handle: Callable[[protocol.Request, Any], tuple[protocol.Response, bytes] | None]):
+    def __init__(
+        self, handle: Callable[[protocol.Request, Any], tuple[protocol.Response, bytes] | None]
+    ):
         self.handle = handle
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(10)
@@ -206,9 +218,18 @@ def listing(entries: list[dict[str, Any]]) -> tuple[protocol.Response, bytes]:
     return protocol.Response(True, 200, "", data={"count": len(entries)}, body=len(body)), body
 
 
-def test_ls_shows_mode_and_unfinished_uploads_from_the_server(capsys: pytest.CaptureFixture[str]) -> None:
+def test_ls_shows_mode_and_unfinished_uploads_from_the_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     entries = [
-        {"name": "big.iso", "type": "file", "size": 0, "mtime": 0, "partial": 4 * MiB, "expected": 10 * MiB},
+        {
+            "name": "big.iso",
+            "type": "file",
+            "size": 0,
+            "mtime": 0,
+            "partial": 4 * MiB,
+            "expected": 10 * MiB,
+        },
         {"name": "run.sh", "type": "file", "size": 10, "mtime": 0, "mode": 0o755},
         {"name": "secret", "type": "dir", "size": 0, "mtime": 0, "mode": 0o700},
         {"name": "sticky", "type": "dir", "size": 0, "mtime": 0, "mode": 0o1777},
@@ -222,7 +243,9 @@ def test_ls_shows_mode_and_unfinished_uploads_from_the_server(capsys: pytest.Cap
     out, err = run(shell, "ls -l", capsys)
     assert not shell.last_failed, err
     lines = out.splitlines()
-    assert lines[0].startswith("-rw-r--r-- ") and lines[0].endswith("  big.iso  (unfinished: 40% of 10.0 MiB)")
+    assert lines[0].startswith("-rw-r--r-- ") and lines[0].endswith(
+        "  big.iso  (unfinished: 40% of 10.0 MiB)"
+    )
     assert lines[1].startswith("-rwxr-xr-x ") and lines[1].endswith("  run.sh")
     assert lines[2].startswith("drwx------ ")
     assert lines[3].startswith("drwxrwxrwt ")
@@ -236,8 +259,10 @@ def test_ls_shows_mode_and_unfinished_uploads_from_the_server(capsys: pytest.Cap
 
 
 def test_rm_r_asks_the_server_for_a_recursive_remove(capsys: pytest.CaptureFixture[str]) -> None:
-    entries = [{"name": "a.tmp", "type": "dir", "size": 0, "mtime": 0},
-               {"name": "b.tmp", "type": "file", "size": 1, "mtime": 0}]
+    entries = [
+        {"name": "a.tmp", "type": "dir", "size": 0, "mtime": 0},
+        {"name": "b.tmp", "type": "file", "size": 1, "mtime": 0},
+    ]
     fake = FakeServer(lambda r, _b: listing(entries) if r.cmd == "ls" else None)
     shell = Shell(fake.session(), quiet=True, interactive=False)
     _out, err = run(shell, "rm -r tree", capsys)
@@ -278,13 +303,18 @@ def test_put_wildcard_uploads_every_local_match(
         (local / name).write_bytes(name.encode())
     (local / "dir.log").mkdir()
 
-    status, out, err = main(capsys, "-q", "-u", "alice", "-c", "put *.log; mkdir logs; put *.log logs", addr)
+    status, out, err = main(
+        capsys, "-q", "-u", "alice", "-c", "put *.log; mkdir logs; put *.log logs", addr
+    )
 
     assert status == 0, err
     assert visible(home) == ["a.log", "b.log", "logs"]  # no dot file, no folder
     assert visible(home / "logs") == ["a.log", "b.log"]
     assert [line.split(":")[0] for line in out.splitlines()] == [
-        "put a.log", "put b.log", "put logs/a.log", "put logs/b.log",
+        "put a.log",
+        "put b.log",
+        "put logs/a.log",
+        "put logs/b.log",
     ]
     assert (home / "logs" / "b.log").read_bytes() == b"b.log"
 
@@ -306,7 +336,12 @@ def test_put_wildcard_into_something_not_a_folder_fails(
     [("put *.nothing", "*.nothing"), ("get logs/*.none", "logs/*.none"), ("rm *.tmp", "*.tmp")],
 )
 def test_a_pattern_that_matches_nothing_is_an_error_naming_it(
-    addr: str, local: Path, home: Path, capsys: pytest.CaptureFixture[str], command: str, pattern: str
+    addr: str,
+    local: Path,
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    pattern: str,
 ) -> None:
     (home / "logs").mkdir()
     (home / "keep.txt").write_bytes(b"k")
@@ -326,14 +361,19 @@ def test_get_wildcard_into_cwd_and_into_a_folder(
         (home / "logs" / name).write_bytes(name.encode() * 100)
     (local / "dl").mkdir()
 
-    status, out, err = main(capsys, "-q", "-u", "alice", "-c", "get logs/*.gz; get /logs/?.gz dl", addr)
+    status, out, err = main(
+        capsys, "-q", "-u", "alice", "-c", "get logs/*.gz; get /logs/?.gz dl", addr
+    )
 
     assert status == 0, err
     assert visible(local) == ["a.gz", "b.gz", "dl"]
     assert visible(local / "dl") == ["a.gz", "b.gz"]
     assert (local / "dl" / "b.gz").read_bytes() == b"b.gz" * 100
     assert [line.split(":")[0] for line in out.splitlines()] == [
-        "got logs/a.gz", "got logs/b.gz", "got /logs/a.gz", "got /logs/b.gz",
+        "got logs/a.gz",
+        "got logs/b.gz",
+        "got /logs/a.gz",
+        "got /logs/b.gz",
     ]
 
 
@@ -427,7 +467,10 @@ def test_put_and_get_into_existing_folders(
 
 
 def test_user_at_host_and_u_wins(
-    server: RunningServer, local: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    server: RunningServer,
+    local: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     target = f"alice@{server.host}:{server.port}"
     status, out, err = main(capsys, "-c", "pwd", target)
@@ -450,7 +493,12 @@ def test_get_p_keeps_the_modification_time(
         (home / "t" / name).write_bytes(os.urandom(size))
         os.utime(home / "t" / name, (1_600_000_000.25, 1_600_000_000.25))
 
-    for line in ("get -p t/small.bin", "get -p t/big.bin", "get t/small.bin plain.bin", "get -r -p t tree"):
+    for line in (
+        "get -p t/small.bin",
+        "get -p t/big.bin",
+        "get t/small.bin plain.bin",
+        "get -r -p t tree",
+    ):
         _out, err = run(shell, line, capsys)
         assert not shell.last_failed, (line, err)
 
@@ -547,7 +595,9 @@ def test_every_bad_option_is_one_usage_line(
     assert_one_error_line(err)
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:99999", "@127.0.0.1", "alice@", "[::1]:x", "h:1:2:z"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:99999", "@127.0.0.1", "alice@", "[::1]:x", "h:1:2:z"]
+)
 def test_bad_addresses_are_one_usage_line(
     local: Path, capsys: pytest.CaptureFixture[str], address: str
 ) -> None:
@@ -565,7 +615,12 @@ def test_missing_address_is_one_usage_line(local: Path, capsys: pytest.CaptureFi
 def test_bad_timeout_in_a_real_process_is_one_line(addr: str, local: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ftp_client", "--timeout", "nan", "-c", "pwd", addr],
-        cwd=local, capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+        cwd=local,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 2
     assert_one_error_line(done.stderr)
@@ -602,7 +657,7 @@ def test_comments_end_lines_but_not_inside_quotes_or_words(
     (local / "f.txt").write_bytes(b"f")
     (local / "cmds.txt").write_text(
         "mkdir 'a # b'   # a folder with a hash\n"
-        "put f.txt \"a # b\"/f#1.txt#not-a-comment  # the upload\n"
+        'put f.txt "a # b"/f#1.txt#not-a-comment  # the upload\n'
         "ls 'a # b'#not-a-comment-either\n"
     )
     status, out, err = main(capsys, "-q", "-u", "alice", "-b", "cmds.txt", addr)
@@ -668,8 +723,13 @@ def test_commands_piped_to_a_real_process(addr: str, local: Path, home: Path) ->
     env = {**os.environ, "FTP_PASSWORD": PASSWORDS["alice"]}
     done = subprocess.run(
         [sys.executable, "-m", "ftp_client", "-u", "alice", addr],
-        input="mkdir x\nmkdir x\nmkdir y\n", cwd=local, env=env,
-        capture_output=True, text=True, timeout=60, check=False,
+        input="mkdir x\nmkdir x\nmkdir y\n",
+        cwd=local,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 1
     assert_one_error_line(done.stderr)
@@ -701,7 +761,9 @@ def test_ctrl_c_after_the_server_stored_the_file_says_stored(
 
     assert run_batch(shell, ["put f.bin", "mkdir after"]) == EXIT_INTERRUPTED
     captured = capsys.readouterr()
-    assert captured.out.startswith(f"put f.bin: {size} bytes, md5 {hashlib.md5(data).hexdigest()} verified")
+    assert captured.out.startswith(
+        f"put f.bin: {size} bytes, md5 {hashlib.md5(data).hexdigest()} verified"
+    )
     assert "stopped after f.bin was stored" in captured.err
     assert "re-issue" not in captured.err and "interrupted" not in captured.err
     assert (home / "f.bin").read_bytes() == data
@@ -754,8 +816,13 @@ def busy_server(refusals: int | None) -> FakeServer:
                 state["left"] -= 1
             message = f"/{request.args['path']}: being uploaded by another session"
             return protocol.Response(False, 409, message, "conflict"), b""
-        data = {"path": "/" + request.args["path"], "size": len(body), "offset": 0,
-                "checksum": hashlib.md5(body).hexdigest(), "digest": "md5"}
+        data = {
+            "path": "/" + request.args["path"],
+            "size": len(body),
+            "offset": 0,
+            "checksum": hashlib.md5(body).hexdigest(),
+            "digest": "md5",
+        }
         return protocol.Response(True, 200, "stored", data=data), b""
 
     return FakeServer(handle)
@@ -898,11 +965,15 @@ def test_recursive_and_wildcard_transfers_show_an_overall_bar(
     assert not any("b.bin:" in line for line in shown), shown  # the file bars were wiped
 
 
-def test_a_failed_put_leaves_no_stale_bar(addr: str, local: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_put_leaves_no_stale_bar(
+    addr: str, local: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tty = fake_terminal(monkeypatch)
     (local / "small.bin").write_bytes(b"x" * 1000)
     (local / "empty.bin").write_bytes(b"")  # nothing to show: no bar stuck at 0% either
-    assert cli.main(["-u", "alice", "-c", "put empty.bin; put small.bin nodir/small.bin", addr]) == 1
+    assert (
+        cli.main(["-u", "alice", "-c", "put empty.bin; put small.bin nodir/small.bin", addr]) == 1
+    )
     shown = screen(tty.getvalue())
     assert not any("%" in line for line in shown), shown
     assert any("no such directory" in line for line in shown)

@@ -66,7 +66,9 @@ def visible(folder: Path) -> list[str]:
 # --- rm -r ----------------------------------------------------------------------------
 
 
-def test_rm_r_removes_a_whole_tree(shell: Shell, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rm_r_removes_a_whole_tree(
+    shell: Shell, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (home / "tree" / "a" / "b").mkdir(parents=True)
     (home / "tree" / "a" / "b" / "f.txt").write_bytes(b"f")
     (home / "tree" / "g.txt").write_bytes(b"g")
@@ -115,7 +117,11 @@ def test_put_p_keeps_the_modification_time(
 
 
 def test_get_p_uses_the_mtime_of_the_get_answer(
-    shell: Shell, home: Path, local: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    shell: Shell,
+    home: Path,
+    local: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (home / "f.bin").write_bytes(b"x" * 100)
     os.utime(home / "f.bin", (1_600_000_000.0, 1_600_000_000.0))
@@ -188,7 +194,7 @@ def test_put_waits_for_another_sessions_upload_then_stores(
     holder.send(Request("put", {"path": "big.bin", "size": len(theirs)}))
     assert holder.read_response().code == 150
     holder.send(Data(len(theirs), 0))
-    holder.sock.sendall(theirs[: MiB])  # alive and receiving: no takeover yet
+    holder.sock.sendall(theirs[:MiB])  # alive and receiving: no takeover yet
 
     pauses: list[float] = []
 

@@ -12,14 +12,14 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-from ftpd.units import format_size
 from ftp_client import transfer
 from ftp_client.shell import EXIT_FAILED, EXIT_USAGE, Session, Shell, split_commands
+from ftpd.units import format_size
 from tests.conftest import PASSWORDS, RunningServer
 
 
