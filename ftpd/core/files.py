@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
@@ -48,6 +48,7 @@ from ftpd.storage.base import (
     Removed,
     Storage,
     StoredUpload,
+    commit_group,
     is_reserved,
 )
 
@@ -157,9 +158,7 @@ def about(shown: str) -> Iterator[None]:
     try:
         yield
     except FTPError as exc:
-        if not exc.message.startswith(shown + ":"):
-            exc.message = f"{shown}: {exc.message}"
-            exc.args = (exc.message,)
+        _named(exc, shown)
         raise
     except OSError as exc:
         raise from_oserror(exc, shown) from None
@@ -694,29 +693,39 @@ class Upload:
             OSError: a write failed earlier (a full disk deletes the partial).
         """
         try:
-            if self.offset and not self._prefix_hashed:
-                self.prefix_checksum()
-            if self.error is not None:
-                if self.error.errno in _DISK_FULL:
-                    self._delta -= self.stored.discard()
-                raise from_oserror(self.error, self.shown)
-            actual = str(self.hasher.hexdigest())
-            if checksum is not None and actual != checksum:
-                self._delta -= self.stored.discard()
-                raise ChecksumError(
-                    f"{self.shown}: {self.digest} mismatch (sent {checksum}, received "
-                    f"{actual}); nothing was installed",
-                    received=actual,
-                )
+            actual = self._verify(checksum)
             with about(self.shown):
                 if before_install is None:
-                    self._delta -= self.stored.commit(self.digest, actual, mtime)
+                    replaced = self.stored.commit(self.digest, actual, mtime)
                 else:
-                    self._delta -= self.stored.commit(self.digest, actual, mtime, before_install)
-            self._done = True
+                    replaced = self.stored.commit(self.digest, actual, mtime, before_install)
+            self._installed(replaced)
             return actual
         finally:
             self._release(settle=True)
+
+    def _verify(self, checksum: str | None) -> str:
+        """The whole-file digest, checked against the client's (the first half of a
+        commit).  Raises as ``commit`` does; a mismatch deletes the partial."""
+        if self.offset and not self._prefix_hashed:
+            self.prefix_checksum()
+        if self.error is not None:
+            if self.error.errno in _DISK_FULL:
+                self._delta -= self.stored.discard()
+            raise from_oserror(self.error, self.shown)
+        actual = str(self.hasher.hexdigest())
+        if checksum is not None and actual != checksum:
+            self._delta -= self.stored.discard()
+            raise ChecksumError(
+                f"{self.shown}: {self.digest} mismatch (sent {checksum}, received "
+                f"{actual}); nothing was installed",
+                received=actual,
+            )
+        return actual
+
+    def _installed(self, replaced: int) -> None:
+        self._delta -= replaced
+        self._done = True
 
     def abort(self) -> None:
         """Stop here; what was written stays as a partial for a resume."""
@@ -767,6 +776,54 @@ class Upload:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
+
+
+def commit_many(batch: Sequence[tuple[Upload, str | None, float | None]]) -> list[str | FTPError]:
+    """Commit uploads that arrived together (``Upload.commit`` for each: ``checksum``,
+    ``mtime``) so that they share their flushes: all are verified, then made durable,
+    installed and their names made durable with two flushes in all on the local disk
+    (group commit, ``ftpd.storage.flush``).  Each result is that upload's digest (it is
+    durable under its name) or its error; one failing leaves the others going.
+    """
+    results: list[str | FTPError] = []
+    ready: list[tuple[int, Upload, str]] = []
+    for upload, checksum, _ in batch:
+        try:
+            actual = upload._verify(checksum)
+        except (FTPError, OSError) as exc:
+            upload._release(settle=True)
+            results.append(exc if isinstance(exc, FTPError) else from_oserror(exc, upload.shown))
+            continue
+        ready.append((len(results), upload, actual))
+        results.append(actual)
+    mtimes = [mtime for _, _, mtime in batch]
+    try:
+        outcomes = commit_group([(u.stored, u.digest, actual, mtimes[i]) for i, u, actual in ready])
+    except BaseException:
+        for _, upload, _ in ready:
+            upload._release(settle=True)
+        raise
+    for (i, upload, _), outcome in zip(ready, outcomes, strict=True):
+        try:
+            if isinstance(outcome, FTPError):
+                results[i] = _named(outcome, upload.shown)
+            elif isinstance(outcome, OSError):
+                results[i] = from_oserror(outcome, upload.shown)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                upload._installed(outcome)
+        finally:
+            upload._release(settle=True)
+    return results
+
+
+def _named(exc: FTPError, shown: str) -> FTPError:
+    """``exc`` with the client's own path in front of its message (once)."""
+    if not exc.message.startswith(shown + ":"):
+        exc.message = f"{shown}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ftpd import proxy
-from ftpd.core.files import FileService
+from ftpd.core.files import FileService, commit_many
 from ftpd.errors import (
     ConflictError,
     FTPError,
@@ -40,7 +40,7 @@ from ftpd.errors import (
 )
 from ftpd.framed import protocol, streams
 from ftpd.framed.protocol import OK, Request, Response
-from ftpd.framed.transfer import receive_upload, send_download
+from ftpd.framed.transfer import PendingPut, answer_upload, receive_upload, send_download
 from ftpd.logs import clean, word
 from ftpd.storage.base import Entry
 
@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 #: An ``ls`` answer is kept in memory up to this size, in a temporary file past it.
 LS_SPOOL_BYTES = 1 << 20
 LS_CHUNK = 256 * 1024
+#: Small puts committed together at most (group commit).  A pipelining client keeps up to
+#: 32 in flight, so it goes on sending while half of them are flushed.
+GROUP_MAX = 16
 #: Unfinished uploads listed by name in a ``quota`` answer (all are counted).
 QUOTA_PARTIALS = 100
 
@@ -73,6 +76,8 @@ class FramedSession(socketserver.BaseRequestHandler):
         self.closing = False
         self.busy = False  # inside a command (the server's graceful stop waits for these)
         self._pending_body = 0
+        #: Small puts received and waiting for their group commit (``defer``, ``settle``).
+        self.commits: list[PendingPut] = []
         self.server.runtime.register(self)
 
     # --- the loop ---------------------------------------------------------------------
@@ -131,12 +136,14 @@ class FramedSession(socketserver.BaseRequestHandler):
             except OSError as exc:  # the answer itself could not be sent
                 self._dropped(exc)
             finally:
-                self.busy = False
+                self.busy = bool(self.commits)
             if self.server.runtime.stopping:
+                self._settle_quietly()
                 if not self.closing:
                     self.closing = True
                     self.farewell("the server is shutting down")
                 break
+        self._settle_quietly()  # puts received whole are installed even if nobody hears it
 
     def _proxy_header(self, deadline: float, check: bool) -> str | None:
         """Take a trusted balancer's PROXY header: ``self.ip`` becomes the client's
@@ -203,6 +210,8 @@ class FramedSession(socketserver.BaseRequestHandler):
         self._request: Request | None = None
         self._header = header
         try:
+            if self.commits and header.get("cmd") != "put":
+                self.settle()  # what this command sees and answers comes after them
             request = self._request = protocol.to_request(header)
             self._pending_body = request.body or 0
             spec = protocol.COMMANDS[request.cmd]
@@ -305,6 +314,8 @@ class FramedSession(socketserver.BaseRequestHandler):
         )
 
     def send(self, response: Response, body: bytes = b"") -> None:
+        if self.commits:  # answers go out in the order of the requests
+            self.settle()
         try:
             frame = protocol.encode(response)
         except FTPError:  # e.g. text from an undecodable name on disk: never on the wire
@@ -312,6 +323,56 @@ class FramedSession(socketserver.BaseRequestHandler):
             self.closing = True
             frame, body = protocol.encode(protocol.error_response(InternalError())), b""
         self.sock.sendall(frame + body if body else frame)
+
+    # --- group commit (docs/architecture.md, "Durability") -------------------------------
+
+    def defer(self, put: PendingPut) -> None:
+        """Hold a small put received whole until the requests already here are read:
+        a pipelining client's puts are committed together (``commit_many``: two shared
+        flushes per batch instead of two per file).  Settles at once when no request
+        follows yet, or when the batch is full: no answer waits on a client."""
+        self.commits.append(put)
+        if len(self.commits) >= GROUP_MAX or not self._more_input():
+            self.settle()
+
+    def _more_input(self) -> bool:
+        """Whether the client has sent more already (buffered here, or in the kernel)."""
+        if self.reader.buffered:
+            return True
+        pending = getattr(self.sock, "pending", None)  # TLS: bytes inside the SSL object
+        if pending is not None and pending():
+            return True
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def settle(self) -> None:
+        """Commit the puts waiting, as one group, and answer each in order: "stored"
+        only now that the flushes covering its bytes and its name are done."""
+        batch, self.commits = self.commits, []
+        if not batch:
+            return
+        results = commit_many([(put.upload, put.checksum, put.mtime) for put in batch])
+        saved = self._request, self._header, self._started
+        try:
+            for put, result in zip(batch, results, strict=True):
+                self._request, self._header, self._started = put.request, put.header, put.started
+                if isinstance(result, FTPError):
+                    if result.fatal:
+                        self.closing = True
+                    self.respond(protocol.error_response(result))
+                else:
+                    answer_upload(self, put.upload, put.request, result)
+        finally:
+            self._request, self._header, self._started = saved
+
+    def _settle_quietly(self) -> None:
+        """``settle`` when the session ends: the files are installed; the answers go out
+        if the connection still takes them."""
+        try:
+            self.settle()
+        except OSError as exc:
+            logger.info("DROPPED ip=%s user=%s before answering puts: %s", self.ip, self.user, exc)
 
     def farewell(self, reason: str) -> None:  # part of core.runtime.Session
         """Tell an idle session why it is being closed (called from another thread).

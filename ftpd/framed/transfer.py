@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftpd.core.files import Upload
-from ftpd.errors import BadRequestError, ProtocolError
+from ftpd.errors import BadRequestError, ConflictError, ProtocolError
 from ftpd.framed import protocol, streams
 from ftpd.framed.protocol import OK, READY_FOR_DATA, Request, Response
 from ftpd.logs import clean
@@ -32,6 +33,22 @@ logger = logging.getLogger(__name__)
 RECV_CHUNK = 256 * 1024
 
 
+@dataclass
+class PendingPut:
+    """A small put received whole and verified by size, waiting for its group commit.
+
+    The session answers it when the batch is committed (``FramedSession.settle``), in
+    the order of the requests, so an answer of "stored" always follows the flushes that
+    made the file and its name durable (docs/protocol.md §5.1)."""
+
+    upload: Upload
+    checksum: str
+    mtime: float | None
+    request: Request
+    header: dict[str, Any]
+    started: float  # time.perf_counter() at dispatch: the log line's time
+
+
 def receive_upload(h: FramedSession, request: Request) -> None:
     args = request.args
     files = h._files
@@ -40,13 +57,35 @@ def receive_upload(h: FramedSession, request: Request) -> None:
     if inline and (request.body != size or not protocol.is_hex_digest(args.get("checksum"))):
         raise BadRequestError("an inline put needs body == size and a hex 'checksum'")
     resume = not inline and args.get("resume", True)
-    with files.upload(args["path"], size, digest, resume=resume) as upload:
+    try:
+        upload = files.upload(args["path"], size, digest, resume=resume)
+    except ConflictError:
+        if not h.commits:
+            raise
+        h.settle()  # the target may be one of our own puts waiting for its commit
+        upload = files.upload(args["path"], size, digest, resume=resume)
+    deferred = False
+    try:
         if inline:
             _receive(h, upload, size)
-            checksum = args["checksum"]
+            put = PendingPut(
+                upload, args["checksum"], args.get("mtime"), request, h._header, h._started
+            )
+            deferred = True
+            h.defer(put)  # committed with the puts that follow it, if they are here already
+            return
         else:
             checksum = _two_phase(h, upload)
         actual = upload.commit(checksum, args.get("mtime"))
+    finally:
+        if not deferred:
+            upload.abort()  # a no-op after a commit
+    answer_upload(h, upload, request, actual)
+
+
+def answer_upload(h: FramedSession, upload: Upload, request: Request, actual: str) -> None:
+    """Answer a stored put, then log it: the client does not wait for the log line."""
+    size = upload.size
     elapsed = max(time.monotonic() - upload.started, 1e-9)
     rate = (size - upload.offset) / elapsed / 1e6
     note = f"PUT size={size} from={upload.offset} {rate:.1f} MB/s"
@@ -55,10 +94,10 @@ def receive_upload(h: FramedSession, request: Request) -> None:
         "size": size,
         "offset": upload.offset,
         "checksum": actual,
-        "digest": digest,
+        "digest": request.args.get("digest", protocol.DEFAULT_DIGEST),
     }
     response = Response(True, OK, f"stored {upload.shown}", data=data)
-    h.send(response)  # answer first, then log: the client does not wait for the log line
+    h.send(response)
     h.log_command(response, note)
 
 

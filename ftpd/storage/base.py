@@ -12,9 +12,11 @@ defines the shapes that ``ftpd.core`` uses and that each backend implements.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from ftpd.errors import FTPError
 
 #: The daemon's bookkeeping folder at the top of every root; never reachable by a path.
 RESERVED = ".ftpd"
@@ -149,3 +151,28 @@ class Storage(Protocol):
 
     def tree(self, root: str) -> Tree: ...
     def roots(self) -> Iterator[str]: ...
+
+
+#: One upload of a group commit: the stored upload, the digest's name and its value, and
+#: the mtime to set (None: now).
+Commit = tuple[StoredUpload, str, str, float | None]
+
+
+def commit_group(items: Sequence[Commit]) -> list[int | BaseException]:
+    """Commit several uploads; each result is the bytes replaced or that upload's error.
+
+    A backend whose uploads can share their flushes gives their class a static
+    ``commit_group`` taking the same items (the local disk: ``ftpd.storage.flush``);
+    the others are committed one by one, an error stopping only its own upload.
+    """
+    kinds = {type(stored) for stored, *_ in items}
+    group = getattr(kinds.pop(), "commit_group", None) if len(kinds) == 1 else None
+    if group is not None:
+        return list(group(items))
+    results: list[int | BaseException] = []
+    for stored, digest, hexdigest, mtime in items:
+        try:
+            results.append(stored.commit(digest, hexdigest, mtime))
+        except (OSError, FTPError) as exc:  # that upload's own error, reported to it
+            results.append(exc)
+    return results

@@ -27,7 +27,7 @@ import posixpath
 import stat as stat_mod
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from ftpd.errors import (
     PathEscapeError,
     PermissionDeniedError,
 )
+from ftpd.storage import flush
 from ftpd.storage.base import (
     PARTIAL_PREFIX,
     RESERVED,
@@ -67,6 +68,9 @@ PARTIAL_DIR = Path(RESERVED) / _PARTIAL_DIR
 _XATTR_DIGEST = "user.ftpd.{}"
 _XATTR_TARGET = "user.ftpd.target"
 _CHUNK = 1 << 20
+#: An upload starts the writeback of what it received every this many bytes, so the
+#: flush at its end (and any flush shared with it meanwhile) has little left to wait on.
+WRITEBACK_STEP = 8 << 20
 
 
 # --- recorded digests ----------------------------------------------------------------
@@ -944,6 +948,8 @@ class LocalUpload:
         self._fd = -1
         self._folder = -1
         self._owned_folder = False
+        self._unflushed_from = 0  # writeback not started from here on (``write``)
+        self._unflushed = 0
         parent_dev = os.fstat(self.hit.dir_fd).st_dev
         places = self.tree._places(self.parts, self.hit.dir_fd)
         try:
@@ -988,7 +994,7 @@ class LocalUpload:
         if self._fd < 0:
             flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | _CLOEXEC
             self._fd = os.open(self._name, flags, 0o666, dir_fd=self._folder)  # umask applies
-            os.lseek(self._fd, 0, os.SEEK_END)
+            self._unflushed_from = os.lseek(self._fd, 0, os.SEEK_END)
             with contextlib.suppress(OSError):  # what `partials()` reports; optional
                 target = "/".join(self.parts).encode("utf-8", "surrogateescape")
                 os.setxattr(self._fd, _XATTR_TARGET, target)
@@ -1013,7 +1019,7 @@ class LocalUpload:
         dropped = os.fstat(fd).st_size
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        self.offset = 0
+        self.offset = self._unflushed_from = self._unflushed = 0
         return dropped
 
     def truncate(self, offset: int) -> int:
@@ -1023,7 +1029,8 @@ class LocalUpload:
         dropped = max(0, os.fstat(fd).st_size - offset)
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
-        self.offset = offset
+        self.offset = self._unflushed_from = offset
+        self._unflushed = 0
         return dropped
 
     def seed(self, nbytes: int) -> int:
@@ -1045,7 +1052,8 @@ class LocalUpload:
         finally:
             _close(src)
         os.lseek(fd, copied, os.SEEK_SET)
-        self.offset = copied
+        self.offset = self._unflushed_from = copied
+        self._unflushed = 0
         return copied
 
     @staticmethod
@@ -1072,6 +1080,12 @@ class LocalUpload:
         except OSError as exc:
             exc.written = written  # type: ignore[attr-defined]  # a short write, then ENOSPC
             raise
+        if self.tree.fsync:
+            self._unflushed += written
+            if self._unflushed >= WRITEBACK_STEP:  # let the disk work while we receive
+                flush.start_writeback(fd, self._unflushed_from, self._unflushed)
+                self._unflushed_from += self._unflushed
+                self._unflushed = 0
         return written
 
     def commit(
@@ -1085,24 +1099,64 @@ class LocalUpload:
         held since the start; then flush that folder.  Returns the bytes replaced.
 
         ``before_install`` runs once the partial is durable, right before the rename;
-        whatever it raises leaves the partial as it is (resumable)."""
+        whatever it raises leaves the partial as it is (resumable).  The flushes are
+        shared with whoever else commits on this file system now (``flush``)."""
+        fd = self.seal(digest, hexdigest, mtime)
+        if self.tree.fsync:
+            flush.flush([fd])
+        if before_install is not None:
+            before_install()
+        replaced = self.install()
+        if self.tree.fsync:
+            flush.flush([self.hit.dir_fd])  # the new name is durable too before "stored"
+        return replaced
+
+    def seal(self, digest: str, hexdigest: str, mtime: float | None) -> int:
+        """Stamp the partial (mtime, recorded digest): the first half of a commit.
+        Returns its descriptor, for the flush that must come before ``install``."""
         fd = self._file()
         if mtime is not None:
             ns = int(mtime * 1e9)
             os.utime(fd, ns=(ns, ns))
         record_digest(fd, os.fstat(fd), digest, hexdigest)
-        if self.tree.fsync:
-            os.fsync(fd)
-        if before_install is not None:
-            before_install()
+        return fd
+
+    def install(self) -> int:
+        """Rename the (sealed, flushed) partial over the target; returns the bytes
+        replaced.  The name is durable only after a flush of ``hit.dir_fd``."""
         assert self.hit.name is not None
         old = _lstat(self.hit.name, self.hit.dir_fd)
         replaced = old.st_size if old is not None and stat_mod.S_ISREG(old.st_mode) else 0
         os.rename(self._name, self.hit.name, src_dir_fd=self._folder, dst_dir_fd=self.hit.dir_fd)
         self.target_exists = old is not None
-        if self.tree.fsync:
-            os.fsync(self.hit.dir_fd)  # the new name is durable too before "stored"
         return replaced
+
+    @staticmethod
+    def commit_group(
+        items: Sequence[tuple[LocalUpload, str, str, float | None]],
+    ) -> list[int | BaseException]:
+        """Commit several uploads with two shared flushes in all (group commit): seal
+        each, flush, rename each, flush.  Each result is the bytes replaced or that
+        upload's error; one failing leaves the others going.  Nothing is renamed before
+        the flush of its bytes, nothing reported before the flush of its name."""
+        results: list[int | BaseException] = [0] * len(items)
+        sealed: list[tuple[int, int, bool]] = []  # (index, descriptor, flush wanted)
+        for i, (upload, digest, hexdigest, mtime) in enumerate(items):
+            try:
+                sealed.append((i, upload.seal(digest, hexdigest, mtime), upload.tree.fsync))
+            except OSError as exc:
+                results[i] = exc
+        named: list[tuple[int, int, bool]] = []
+        for i in _flushed(sealed, results):
+            upload = items[i][0]
+            try:
+                results[i] = upload.install()
+            except OSError as exc:
+                results[i] = exc
+                continue
+            named.append((i, upload.hit.dir_fd, upload.tree.fsync))
+        _flushed(named, results)
+        return results
 
     def discard(self) -> int:
         """Remove the partial; returns the bytes freed."""
@@ -1115,6 +1169,20 @@ class LocalUpload:
             _close(self._folder)
         self._owned_folder = False
         self.hit.close()
+
+
+def _flushed(pending: list[tuple[int, int, bool]], results: list[int | BaseException]) -> list[int]:
+    """One shared flush of the descriptors of ``pending`` (index, descriptor, wanted)
+    that want one; if it fails, each of those gets the error in ``results``.  Returns
+    the indices still good, in order."""
+    try:
+        flush.flush(fd for _, fd, wanted in pending if wanted)
+    except OSError as exc:
+        for i, _, wanted in pending:
+            if wanted:
+                results[i] = exc
+        return [i for i, _, wanted in pending if not wanted]
+    return [i for i, _, _ in pending]
 
 
 class LocalStorage:

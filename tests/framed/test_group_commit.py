@@ -1,0 +1,291 @@
+"""Group commit (issue 11): pipelined and concurrent puts share their flushes, and an
+answer of "stored" is never sent before the flushes that cover the file and its name.
+
+The order is proven on a real daemon by recording, in one list, every flush (its start
+and end), every partial sealed, every rename and every answer sent, then checking for
+each file: sealed < a flush's start, that flush's end < its rename < another flush's
+start, and that flush's end < its answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ftp_client.transfer import put_many
+from ftpd.framed.session import GROUP_MAX, FramedSession
+from ftpd.storage import flush
+from ftpd.storage.local import LocalUpload
+from tests.conftest import PASSWORDS, RunningServer
+from tests.support import TIMEOUT, frame, read_frame, read_frame_with_body, wait_until
+
+
+class Journal:
+    """Everything that matters to durability, in the order it happened."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._flushes = 0
+
+    def add(self, kind: str, what: Any) -> None:
+        with self._lock:
+            self.events.append((kind, what))
+
+    def next_flush(self) -> int:
+        with self._lock:
+            self._flushes += 1
+            return self._flushes
+
+    def index(self, kind: str, what: Any) -> int:
+        found = [i for i, event in enumerate(self.events) if event == (kind, what)]
+        assert len(found) == 1, (kind, what, found)
+        return found[0]
+
+    def flushes(self) -> list[tuple[int, int]]:
+        """(start index, end index) of every flush."""
+        starts = {n: i for i, (k, n) in enumerate(self.events) if k == "flush-start"}
+        ends = {n: i for i, (k, n) in enumerate(self.events) if k == "flush-end"}
+        return [(starts[n], ends[n]) for n in sorted(starts)]
+
+    def covered(self, after: int, before: int) -> bool:
+        """Whether a whole flush started after event ``after`` and ended before ``before``."""
+        return any(after < start and end < before for start, end in self.flushes())
+
+    def check_durable_before_answer(self, name: str) -> None:
+        sealed = self.index("sealed", name)
+        renamed = self.index("renamed", name)
+        answered = self.index("answer", name)
+        assert self.covered(sealed, self.index("rename", name)), f"{name}: renamed unflushed"
+        assert self.covered(renamed, answered), f"{name}: answered before its name was durable"
+
+
+@pytest.fixture
+def journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal]:
+    j = Journal()
+    real_syncfs, real_seal, real_install = flush.syncfs, LocalUpload.seal, LocalUpload.install
+    real_send = FramedSession.send
+
+    def syncfs(fd: int) -> None:
+        n = j.next_flush()
+        j.add("flush-start", n)
+        real_syncfs(fd)
+        j.add("flush-end", n)
+
+    def seal(self: LocalUpload, *args: Any) -> int:
+        fd = real_seal(self, *args)
+        j.add("sealed", self.parts[-1])
+        return fd
+
+    def install(self: LocalUpload) -> int:
+        j.add("rename", self.parts[-1])
+        replaced = real_install(self)
+        j.add("renamed", self.parts[-1])
+        return replaced
+
+    def send(self: FramedSession, response: Any, body: bytes = b"") -> None:
+        real_send(self, response, body)
+        if response.ok and response.message.startswith("stored "):
+            j.add("answer", response.data["path"].rsplit("/", 1)[-1])
+
+    monkeypatch.setattr(flush, "syncfs", syncfs)
+    monkeypatch.setattr(LocalUpload, "seal", seal)
+    monkeypatch.setattr(LocalUpload, "install", install)
+    monkeypatch.setattr(FramedSession, "send", send)
+    yield j
+
+
+def _inline_put(path: str, data: bytes, checksum: str | None = None) -> bytes:
+    args = {"path": path, "size": len(data), "checksum": checksum or hashlib.md5(data).hexdigest()}
+    return frame({"cmd": "put", "args": args, "body": len(data)}, data)
+
+
+def _login(srv: RunningServer) -> socket.socket:
+    sock = srv.raw()
+    sock.settimeout(TIMEOUT)
+    read_frame(sock)  # greeting
+    sock.sendall(frame({"cmd": "login", "args": {"user": "alice", "password": PASSWORDS["alice"]}}))
+    assert read_frame(sock)["ok"]
+    return sock
+
+
+def test_pipelined_puts_are_answered_only_after_their_flushes(
+    server_factory: Callable[..., RunningServer], journal: Journal, tmp_path: Any
+) -> None:
+    srv = server_factory(fsync=True)
+    files = []
+    for i in range(3 * GROUP_MAX):
+        local = tmp_path / f"f{i:03}.bin"
+        local.write_bytes(f"file {i} ".encode() * 300)
+        files.append((local, f"f{i:03}.bin"))
+    conn = srv.login()
+    try:
+        results = put_many(conn, files, window=32)
+    finally:
+        conn.close()
+    assert len(results) == len(files)
+    home = srv.project.home("alice")
+    for local, remote in files:
+        assert (home / remote).read_bytes() == local.read_bytes()
+        journal.check_durable_before_answer(remote)
+    # Shared: a flush per file and per name would be 2 per file.
+    assert len(journal.flushes()) < len(files), journal.flushes()
+
+
+def test_a_batch_sent_at_once_shares_two_flushes_and_keeps_the_order(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    srv = server_factory(fsync=True)
+    sock = _login(srv)
+    payloads = {f"p{i:02}": bytes([i]) * (1000 + i) for i in range(GROUP_MAX - 1)}
+    bad = "p07"
+    wire = b"".join(
+        _inline_put(name, data, "0" * 32 if name == bad else None)
+        for name, data in payloads.items()
+    )
+    wire += frame({"cmd": "ls", "args": {"path": "/"}})  # must see every stored file
+    sock.sendall(wire)
+    answers = [read_frame(sock) for _ in payloads]
+    listing, body = read_frame_with_body(sock)
+    sock.close()
+    for (name, _), answer in zip(payloads.items(), answers, strict=True):
+        if name == bad:  # only this one fails, in its place, and nothing is installed
+            assert not answer["ok"] and answer["code"] == 422, answer
+        else:
+            assert answer["ok"] and answer["data"]["path"] == f"/{name}", answer
+            journal.check_durable_before_answer(name)
+    listed = {json.loads(line)["name"] for line in body.decode().splitlines()}
+    assert listed == set(payloads) - {bad}
+    # One write of under 64 KiB reaches the daemon at once: one batch, two flushes (a
+    # little slack for a scheduler that wakes the session between two segments).
+    assert len(journal.flushes()) <= 4, journal.flushes()
+    home = srv.project.home("alice")
+    assert not (home / bad).exists()
+    assert all((home / n).read_bytes() == d for n, d in payloads.items() if n != bad)
+
+
+def test_fsync_off_flushes_nothing(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    srv = server_factory(fsync=False)
+    sock = _login(srv)
+    sock.sendall(b"".join(_inline_put(f"n{i}", b"x" * i) for i in range(1, 6)))
+    assert all(read_frame(sock)["ok"] for _ in range(5))
+    sock.close()
+    assert journal.flushes() == []
+
+
+def test_concurrent_sessions_share_flushes(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    srv = server_factory(fsync=True, max_per_ip=64)
+    socks = [_login(srv) for _ in range(8)]
+    start = threading.Barrier(len(socks))
+    errors: list[BaseException] = []
+
+    def one(i: int, sock: socket.socket) -> None:
+        try:
+            start.wait(TIMEOUT)
+            for k in range(5):
+                sock.sendall(_inline_put(f"s{i}-{k}", b"y" * (100 + k)))
+                assert read_frame(sock)["ok"]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i, s)) for i, s in enumerate(socks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 4)
+    for s in socks:
+        s.close()
+    assert not errors, errors
+    for i in range(len(socks)):
+        for k in range(5):
+            journal.check_durable_before_answer(f"s{i}-{k}")
+
+
+# --- the flusher alone ----------------------------------------------------------------
+
+
+class SlowDisk:
+    """A syncfs that records who had asked when each flush started, and can be held."""
+
+    def __init__(self) -> None:
+        self.hold = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+        self.fail_call: int | None = None
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        call = self.calls
+        self.started.set()
+        assert self.hold.wait(TIMEOUT)
+        if call == self.fail_call:
+            raise OSError(5, "Input/output error")
+
+
+def test_flusher_serves_waiters_with_the_next_flush_and_never_an_earlier_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk = SlowDisk()
+    monkeypatch.setattr(flush, "syncfs", disk)
+    flusher = flush.Flusher()
+    done: list[int] = []
+    first = threading.Thread(target=lambda: (flusher.flush(0), done.append(0)))
+    first.start()
+    assert disk.started.wait(TIMEOUT)  # flush 1 is running; nobody below asked before it
+    waiters = [
+        threading.Thread(target=lambda i=i: (flusher.flush(0), done.append(i)))
+        for i in range(1, 11)
+    ]
+    for t in waiters:
+        t.start()
+    wait_until(lambda: flusher.requests == 11)
+    assert done == []  # flush 1 started before they asked: it cannot release them
+    disk.hold.set()
+    first.join(TIMEOUT)
+    for t in waiters:
+        t.join(TIMEOUT)
+    assert sorted(done) == list(range(11))
+    assert disk.calls == 2  # one flush for the first, one shared by the ten others
+    assert flusher.flushes == 2
+
+
+def test_flusher_reports_a_failed_flush_to_every_waiter_it_covered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk = SlowDisk()
+    disk.fail_call = 2
+    monkeypatch.setattr(flush, "syncfs", disk)
+    flusher = flush.Flusher()
+    first = threading.Thread(target=flusher.flush, args=(0,))
+    first.start()
+    assert disk.started.wait(TIMEOUT)
+    outcomes: list[str] = []
+
+    def wait_one() -> None:
+        try:
+            flusher.flush(0)
+            outcomes.append("ok")
+        except OSError as exc:
+            outcomes.append(f"errno {exc.errno}")
+
+    waiters = [threading.Thread(target=wait_one) for _ in range(4)]
+    for t in waiters:
+        t.start()
+    wait_until(lambda: flusher.requests == 5)
+    disk.hold.set()
+    first.join(TIMEOUT)
+    for t in waiters:
+        t.join(TIMEOUT)
+    assert outcomes == ["errno 5"] * 4
+    flusher.flush(0)  # the next flush is a new one: it succeeds
+    assert disk.calls == 3
