@@ -25,6 +25,7 @@ This module must never leave a file under its real name that failed verification
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -530,9 +531,59 @@ class _PartialIndex:
         return _newest_first(folder.get(local.name, []) + folder.get(_short_name(local.name), []))
 
 
+class _KnownPartials:
+    """The download partials of each local folder, kept between the ``get`` commands of
+    this process (a batch file of 1,000 ``get`` lines would otherwise list a folder of
+    1,000 files 1,000 times: half a millisecond each).
+
+    A folder is listed again whenever its modification time is not the one recorded,
+    and after a download's own rename the record is brought up to date here.  What
+    another process changed between that download's start and its rename can be
+    missed; it costs at most a resume not offered (the partials offered are checked
+    again before they are used, and the server checks the digest of any resume).
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, tuple[int, dict[str, list[Path]]]] = {}
+
+    def of(self, local: Path) -> list[Path]:
+        """The partials for ``local`` (any remote digest), the newest first."""
+        folder = local.parent
+        try:
+            stamp = os.stat(folder).st_mtime_ns
+        except OSError:  # no folder (yet), or not one: the download itself will say so
+            return []
+        known = self._folders.get(folder)
+        if known is None or known[0] != stamp:
+            known = self._folders[folder] = (stamp, _scan_partials(folder))
+        found = known[1]
+        if not found:
+            return []
+        return _newest_first(found.get(local.name, []) + found.get(_short_name(local.name), []))
+
+    def saved(self, local: Path) -> None:
+        """A download to ``local`` took its name: none of its partials are left."""
+        folder = local.parent
+        known = self._folders.pop(folder, None)
+        if known is None:
+            return
+        found = known[1]
+        found.pop(local.name, None)
+        found.pop(_short_name(local.name), None)
+        with contextlib.suppress(OSError):
+            self._folders[folder] = (os.stat(folder).st_mtime_ns, found)
+
+    def forget(self, local: Path) -> None:
+        """A download to ``local`` failed: list its folder again next time."""
+        self._folders.pop(local.parent, None)
+
+
+_KNOWN = _KnownPartials()
+
+
 def _partials(local: Path) -> list[Path]:
     """Partials left by earlier downloads to ``local`` (any remote digest)."""
-    return _PartialIndex().of(local)
+    return _KNOWN.of(local)
 
 
 @dataclass
@@ -548,11 +599,15 @@ class _Wanted:
     def request(self, digest: str) -> Request:
         """The ``get``, offering the newest partial (its size and the digest in its name)."""
         args: dict[str, Any] = {"path": self.remote}
-        if self.olds:
-            self.offset = self.olds[0].stat().st_size
-            if self.offset:
-                args["offset"] = self.offset
-                args["checksum"] = _digest_in(self.olds[0])
+        while self.olds:
+            try:
+                self.offset = self.olds[0].stat().st_size
+                break
+            except OSError:  # gone since it was listed: not offered
+                self.olds.pop(0)
+        if self.olds and self.offset:
+            args["offset"] = self.offset
+            args["checksum"] = _digest_in(self.olds[0])
         if digest != protocol.DEFAULT_DIGEST:
             args["digest"] = digest
         return Request("get", args)
@@ -728,9 +783,14 @@ def get_file(
     wanted = _Wanted(remote, local, _partials(local), known_mtime)
     conn.send(wanted.request(digest))
     response = conn.read_response()
-    result, ask = _receive(
-        conn, wanted, response, progress, notice, preserve, bytearray(RECV_CHUNK)
-    )
+    try:
+        result, ask = _receive(
+            conn, wanted, response, progress, notice, preserve, bytearray(RECV_CHUNK)
+        )
+    except BaseException:
+        _KNOWN.forget(local)
+        raise
+    _KNOWN.saved(local)
     if ask:
         result.mtime = _stat_time(conn, remote, local, notice)
     return result

@@ -513,3 +513,51 @@ def test_a_corrupted_partial_is_not_spliced(
     assert result.offset == 0
     assert (tmp_path / "s.bin").read_bytes() == data
     conn.close()
+
+
+def test_one_get_per_line_lists_the_folder_once_and_still_sees_new_partials(
+    server: RunningServer, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of single ``get``s must not list the local folder once per file (1,000
+    gets into a folder of 1,000 files would list 1,000,000 names), yet a partial that
+    appears there between two gets (another run, cut) is still offered for a resume,
+    and one that vanished is not offered."""
+    files = {f"g{i:02}.bin": os.urandom(2 * KiB + i) for i in range(20)}
+    for name, data in files.items():
+        (home / name).write_bytes(data)
+    big = os.urandom(200 * KiB)
+    (home / "late.bin").write_bytes(big)
+    scans: list[Path] = []
+    real_scan = transfer._scan_partials
+
+    def counting_scan(folder: Path) -> dict[str, list[Path]]:
+        scans.append(folder)
+        return real_scan(folder)
+
+    monkeypatch.setattr(transfer, "_scan_partials", counting_scan)
+    monkeypatch.setattr(transfer, "_KNOWN", transfer._KnownPartials())
+    conn = server.login("bob")
+    for name in files:
+        transfer.get_file(conn, f"/{name}", tmp_path / name)
+    assert scans == [tmp_path]  # one listing for the twenty gets
+    assert all((tmp_path / n).read_bytes() == d for n, d in files.items())
+
+    # Left by another run after the listing: offered, and resumed.
+    (tmp_path / f".late.bin.{md5(big)}{transfer.PARTIAL_SUFFIX}").write_bytes(big[: 50 * KiB])
+    result = transfer.get_file(conn, "/late.bin", tmp_path / "late.bin")
+    assert result.offset == 50 * KiB
+    assert (tmp_path / "late.bin").read_bytes() == big
+
+    # Listed, then removed by someone else before the get: not offered, no error.
+    (tmp_path / f".g00.bin.{md5(files['g00.bin'])}{transfer.PARTIAL_SUFFIX}").write_bytes(b"x")
+    (tmp_path / "g00.bin").unlink()
+    assert transfer._KNOWN.of(tmp_path / "g00.bin")  # listed now
+    stamp = os.stat(tmp_path).st_mtime_ns
+    for partial in partials_in(tmp_path):
+        partial.unlink()
+    os.utime(tmp_path, ns=(stamp, stamp))  # as if within one tick of a coarse clock
+    assert transfer._KNOWN.of(tmp_path / "g00.bin")  # still believed there
+    result = transfer.get_file(conn, "/g00.bin", tmp_path / "g00.bin")
+    assert result.offset == 0
+    assert (tmp_path / "g00.bin").read_bytes() == files["g00.bin"]
+    conn.close()
