@@ -199,6 +199,9 @@ class FileService:
         self.cwd = PurePosixPath("/")
         #: Unfinished uploads idle this long (seconds) are removed when next seen.
         self.partial_ttl = partial_ttl
+        #: Claim keys of this session's uploads not yet settled (a session that pipelines
+        #: holds several): never taken over by the session itself.
+        self.claimed: set[str] = set()
 
     # --- paths ------------------------------------------------------------------------
 
@@ -480,17 +483,22 @@ class FileService:
             if found.entry is not None and found.entry.kind == "dir":
                 raise ConflictError(f"{shown}: is a directory")
             key = claim_key(self.user.name, found.parts)
+            if key in self.claimed:
+                raise ConflictError(f"{shown}: being uploaded by this session")
             claim = self.runtime.claim(key, self._interrupt)
+            self.claimed.add(key)
             try:
                 with about(shown):
                     stored = self.tree.begin_upload(found.parts, size, resume)
             except BaseException:
                 claim.release()
+                self.claimed.discard(key)
                 raise
             if stored.parts == found.parts:
                 return Upload(self, stored, claim, shown, size, digest, hasher)
             stored.close()  # the path moved between the lookup and the claim: again
             claim.release()
+            self.claimed.discard(key)
         raise ConflictError(f"{shown}: the path keeps changing; try again")
 
     #: Set by the front end: how a takeover stops this session's stalled upload.
@@ -770,6 +778,7 @@ class Upload:
         finally:
             self.stored.close()
             self.claim.release()
+            self.files.claimed.discard(claim_key(self.files.user.name, self.stored.parts))
 
     def __enter__(self) -> Upload:
         return self

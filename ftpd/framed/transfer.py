@@ -57,12 +57,14 @@ def receive_upload(h: FramedSession, request: Request) -> None:
     if inline and (request.body != size or not protocol.is_hex_digest(args.get("checksum"))):
         raise BadRequestError("an inline put needs body == size and a hex 'checksum'")
     resume = not inline and args.get("resume", True)
+    if h.commits and str(files.normalize(args["path"])) in {p.upload.shown for p in h.commits}:
+        h.settle()  # the same path again: the first must be installed before this begins
     try:
         upload = files.upload(args["path"], size, digest, resume=resume)
     except ConflictError:
         if not h.commits:
             raise
-        h.settle()  # the target may be one of our own puts waiting for its commit
+        h.settle()  # the target may be one of our puts waiting (by another path: a link)
         upload = files.upload(args["path"], size, digest, resume=resume)
     deferred = False
     try:

@@ -289,3 +289,38 @@ def test_flusher_reports_a_failed_flush_to_every_waiter_it_covered(
     assert outcomes == ["errno 5"] * 4
     flusher.flush(0)  # the next flush is a new one: it succeeds
     assert disk.calls == 3
+
+
+def test_the_same_path_twice_in_one_batch_installs_both_in_order(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    srv = server_factory(fsync=True, takeover_after=0)  # a takeover must not hit ourselves
+    home = srv.project.home("alice")
+    sock = _login(srv)
+    (home / "real").mkdir()
+    (home / "link").symlink_to("real")
+    wire = (
+        _inline_put("real/same", b"first")
+        + _inline_put("other", b"o")
+        + _inline_put("real/same", b"second")
+        + _inline_put("link/same", b"third, by a link")
+    )
+    sock.sendall(wire)
+    answers = [read_frame(sock) for _ in range(4)]
+    assert [a["ok"] for a in answers] == [True] * 4, answers
+    assert [a["data"]["path"] for a in answers] == [
+        "/real/same",
+        "/other",
+        "/real/same",
+        "/link/same",
+    ]
+    assert (home / "real" / "same").read_bytes() == b"third, by a link"
+    assert call_ok(sock, "stat", path="real/same")["data"]["size"] == len(b"third, by a link")
+    sock.close()
+
+
+def call_ok(sock: socket.socket, cmd: str, **args: Any) -> dict[str, Any]:
+    sock.sendall(frame({"cmd": cmd, "args": args}))
+    answer, _ = read_frame_with_body(sock)
+    assert answer["ok"], answer
+    return answer
