@@ -11,9 +11,11 @@ Unfinished uploads idle past ``partial_ttl`` are removed with ``core.files.sweep
 
 With ``storage: s3`` the bucket is then cleaned of what no state names: multipart uploads
 under the service's prefix older than ``partial_ttl`` that no upload's state records (a
-node that died while composing), and part objects without a state file older than the
-TTL.  Every removal is printed.  This module must never remove anything younger than
-``partial_ttl``, nor a key outside the service's prefix.
+node that died before it first wrote the state, or a state lost), and tail (or
+earlier-design part) objects without a state file older than the TTL.  Unfinished
+uploads whose state is older than the TTL are removed by the sweep above, which aborts
+their multipart uploads.  Every removal is printed.  This module must never remove
+anything younger than ``partial_ttl``, nor a key outside the service's prefix.
 """
 
 from __future__ import annotations
@@ -154,21 +156,22 @@ def bucket_gc(
     parts' bytes come off the user's ledger when ``ledgers`` are given (else a daemon's
     next ``ftpd quota rescan`` sees them gone)."""
     now = time.time() if now is None else now
-    composing: set[str] = set()
+    named: set[str] = set()  # multipart uploads an upload's state names
     for user in storage.roots():
         states = storage.tree(user).states
         for stem, scan in states.scan().items():
             if scan.has_state:
                 state = states.load(stem) or {}
-                job = state.get("composing")
-                if isinstance(job, dict) and isinstance(job.get("id"), str):
-                    composing.add(job["id"])
-            elif scan.parts and now - scan.mtime > ttl:
+                for job in state.get("upload"), state.get("composing"):
+                    if isinstance(job, dict) and isinstance(job.get("id"), str):
+                        named.add(job["id"])
+            elif (scan.parts or scan.tail) and now - scan.mtime > ttl:
                 freed = states.drop(stem, scan)
                 ledger = ledgers.existing(user) if ledgers is not None else None
                 if ledger is not None:
                     ledger.adjust(-freed, 0)
-                _note(done, f"orphan parts {user}:{stem} ({len(scan.parts)} objects)", freed)
+                count = len(scan.parts) + bool(scan.tail)
+                _note(done, f"orphan parts {user}:{stem} ({count} objects)", freed)
     client = storage.client
     pages = client.get_paginator("list_multipart_uploads").paginate(
         Bucket=storage.bucket, Prefix=storage.prefix
@@ -181,7 +184,7 @@ def bucket_gc(
         raise translate(exc) from None
     for upload in uploads:
         key, uid = upload["Key"], upload["UploadId"]
-        if not key.startswith(storage.prefix) or uid in composing:
+        if not key.startswith(storage.prefix) or uid in named:
             continue
         if now - upload["Initiated"].timestamp() <= ttl:
             continue

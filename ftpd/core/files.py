@@ -583,7 +583,9 @@ class Upload:
             return None
         if not self._prefix_hashed:
             with about(self.shown):
-                self.stored.read_prefix(self.hasher)
+                restored = self.stored.read_prefix(self.hasher)
+            if restored is not None:  # a store that saved the hash state gives it back
+                self.hasher = restored
             self._prefix_hashed = True
         return str(self.hasher.copy().hexdigest())
 

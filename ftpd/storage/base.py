@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ftpd.errors import FTPError
 
@@ -107,7 +107,11 @@ class StoredUpload(Protocol):
     target_exists: bool
     target_size: int | None  # the finished file's size, None when there is none
 
-    def read_prefix(self, hasher: object) -> None: ...
+    def read_prefix(self, hasher: Any) -> Any:
+        """Bring ``hasher`` (fresh) to the digest of the ``offset`` bytes held, or
+        return another hasher already there (a store that saved the hash state instead
+        of keeping bytes it can read back); None: ``hasher`` is the one."""
+
     def restart(self) -> int: ...
     def truncate(self, offset: int) -> int: ...
     def seed(self, nbytes: int) -> int: ...

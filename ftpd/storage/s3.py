@@ -7,10 +7,12 @@ written by another tool) counts as a folder too.  There are no links: a lookup n
 follows anything, and the reserved names stay reserved (``.ftpd`` at the top, where
 unfinished uploads keep their parts and state, and ``.ftpd-part.*`` anywhere).
 
-Uploads are ``S3Upload`` (``ftpd.storage.s3_upload``): parts stored in the reserved area
-and composed under the target's name by one multipart upload at commit, so an object is
-whole or absent and any node can resume.  Downloads stream with ranged GETs and never
-hold a whole file.  A file's digest (md5 by default) and mtime live in its metadata.
+Uploads are ``S3Upload`` (``ftpd.storage.s3_upload``): parts streamed into one
+multipart upload of the target key, completed at commit, so an object is whole or
+absent, every byte is written once, and any node can resume (from the saved hash
+state).  Downloads stream with ranged GETs and never hold a whole file.  A file's
+digest (md5 by default) and mtime live in its metadata (one PutObject) or, for a
+multipart upload, in tags set after completion and bound to its ETag.
 
 What each operation costs (requests; P = parts of an upload, 8 MiB each by default):
 
@@ -33,18 +35,18 @@ set mtime              a file: 1 CopyObject onto itself (metadata only, but the 
                        copies the bytes); a folder: 1 PUT of its marker (SeaweedFS keeps
                        no metadata on folders: there a folder's mtime is its marker's)
 get                    1 HEAD, then 1 ranged GET per 16 MiB read
-put <= one part        1 PutObject at commit, after the lookups, 1 LIST of unfinished
-                       uploads and 1 HEAD of the target: 11 requests for a new name
-                       (5 when it replaces a file) through the file service
-put of P parts         P PutObject of parts + P small state PUTs while receiving; at
-                       commit 1 multipart upload of P UploadPartCopy (16 at a time)
-                       and 1 UploadPart of the last buffer: the bytes are written twice
-                       inside the store (the price of a resume that any node can
-                       check), then 1 DeleteObjects per 1,000 parts
-resume                 1 GET of the state + 1 LIST, then the parts read back (ranged
-                       GETs) to check the prefix digest
+put <= one part        1 PutObject at commit, conditional on what the lookup saw
+                       (If-None-Match / If-Match; a HEAD only when that fails), after
+                       the lookups and 1 LIST of unfinished uploads: 6 requests for a
+                       new name (3 when it replaces a file) through the file service
+put of P parts         1 CreateMultipartUpload, P UploadPart (``parts_in_flight`` at a
+                       time) and small state PUTs (one at a time) as they land; at commit
+                       1 HEAD, 1 UploadPart of the last buffer, 1 Complete and 1
+                       PutObjectTagging (the digest): no copy
+resume                 1 GET of the state + 1 LIST + 1 ListParts (+1 GET of the tail);
+                       nothing is re-read (the hash state is in the state)
 quota / partials       1 LIST per 1,000 keys of ``.ftpd/partial`` + 1 GET per upload
-usage (recount)        1 LIST per 1,000 keys of the home
+usage (recount)        1 LIST per 1,000 keys of the home + 1 GET per unfinished upload
 =====================  ==============================================================
 
 ``mv`` of a folder copies every key first and deletes the sources only once every copy
@@ -59,6 +61,8 @@ hand a caller a key outside its tree's prefix.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +92,7 @@ from ftpd.storage.s3_objects import (
     MIN_PART,
     NOT_FOUND,
     PART_SIZE,
+    PARTS_IN_FLIGHT,
     Bucket,
     S3Reader,
     error_code,
@@ -97,11 +102,13 @@ from ftpd.storage.s3_objects import (
     translate,
     translated,
 )
-from ftpd.storage.s3_partials import PartialStates
+from ftpd.storage.s3_partials import PARTIAL_FOLDER, PartialStates
 from ftpd.storage.s3_upload import S3Upload
 
 logger = logging.getLogger(__name__)
 
+#: How long a lookup's answer stands in for ``begin_upload``'s own (same thread).
+SEEN_S = 2.0
 #: Listing entries' permission bits (an object store keeps none).
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
@@ -126,8 +133,8 @@ class S3Storage:
         read_timeout_s: float = 60.0,
         max_attempts: int = 4,
         max_connections: int = 64,
-        workers: int = 32,
-        parts_in_flight: int = 2,
+        workers: int = 48,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
     ) -> None:
         if part_size < MIN_PART:
             raise ValueError(f"part_size must be at least {MIN_PART} bytes (S3's minimum)")
@@ -203,6 +210,8 @@ class S3Tree:
         self.store = storage.store
         self.home = f"{storage.prefix}{root}/"
         self.states = PartialStates(self)
+        #: This thread's last lookup of a file or a missing name: (key, HEAD, when).
+        self._seen = threading.local()
 
     # --- keys -------------------------------------------------------------------------
 
@@ -241,7 +250,8 @@ class S3Tree:
         if parts:
             head = self.store.head(self.key(parts))
             if head is not None:
-                return Entry(parts[-1], "file", head["ContentLength"], mtime_of(head), FILE_MODE)
+                mtime = self.store.mtime(self.key(parts), head)
+                return Entry(parts[-1], "file", head["ContentLength"], mtime, FILE_MODE)
         return self._dir_entry(parts)
 
     def require_dir(self, parts: Parts) -> None:
@@ -261,9 +271,16 @@ class S3Tree:
             PathEscapeError: a reserved name.
         """
         self._check(parts)
-        entry = self._stat(parts)
-        if entry is None:
-            self.require_dir(parts[:-1])
+        head = self.store.head(self.key(parts)) if parts else None
+        if head is not None:
+            mtime = self.store.mtime(self.key(parts), head)
+            entry: Entry | None = Entry(parts[-1], "file", head["ContentLength"], mtime, FILE_MODE)
+        else:
+            entry = self._dir_entry(parts)
+            if entry is None:
+                self.require_dir(parts[:-1])
+        if parts and (entry is None or entry.kind == "file"):
+            self._seen.last = (self.key(parts), head, time.monotonic())
         return Found(parts, entry)
 
     def listdir(self, parts: Parts) -> Iterator[Entry]:
@@ -313,7 +330,8 @@ class S3Tree:
             return Entry(item.name, "dir", 0, mtime_of(head) if head else 0.0, DIR_MODE)
         if head is None:
             return None  # removed since the folder was listed
-        return Entry(item.name, "file", head["ContentLength"], mtime_of(head), FILE_MODE)
+        mtime = self.store.mtime(item.key, head)
+        return Entry(item.name, "file", head["ContentLength"], mtime, FILE_MODE)
 
     # --- changes ------------------------------------------------------------------------
 
@@ -453,7 +471,9 @@ class S3Tree:
         if head is not None:
             if there_dir is not None:
                 raise ConflictError("is a directory")
-            self.store.copy(self.key(src), self.key(dst), head["ContentLength"])
+            self.store.copy(
+                self.key(src), self.key(dst), head["ContentLength"], etag=head.get("ETag")
+            )
             with translated("delete"):
                 self.client.delete_object(Bucket=self.bucket, Key=self.key(src))
             return Removed(there["ContentLength"], 1) if there is not None else Removed()
@@ -469,16 +489,18 @@ class S3Tree:
         return replaced
 
     def _move_tree(self, src: str, dst: str) -> None:
-        keys: list[tuple[str, int]] = []
+        keys: list[tuple[str, int, str | None]] = []
         for page in self.store.walk(src):
-            keys.extend((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))
-        if not any(key == src for key, _ in keys):
+            keys.extend(
+                (obj["Key"], obj["Size"], obj.get("ETag")) for obj in page.get("Contents", [])
+            )
+        if not any(key == src for key, _, _ in keys):
             self.store.put_marker(dst)  # a folder implied by its contents: give the copy a marker
 
-        def copy(item: tuple[str, int]) -> None:
-            key, size = item
+        def copy(item: tuple[str, int, str | None]) -> None:
+            key, size, etag = item
             if not key.endswith("/"):
-                self.store.copy(key, dst + key[len(src) :], size)
+                self.store.copy(key, dst + key[len(src) :], size, etag=etag)
                 return
             # A marker is written anew (some stores keep folders apart and refuse to
             # copy them), with the source's metadata (its mtime).
@@ -488,11 +510,11 @@ class S3Tree:
         # Every copy first; the sources go only once all of them are there.
         for _ in fan_out(self.storage.pool, copy, keys):
             pass
-        files = [k for k, _ in keys if not k.endswith("/")]
+        files = [k for k, _, _ in keys if not k.endswith("/")]
         for start in range(0, len(files), DELETE_BATCH):
             self.store.delete(files[start : start + DELETE_BATCH])
         folders = {""}
-        for key, _ in keys:
+        for key, _, _ in keys:
             folders.update(_folders_of(key[len(src) :]))
         self._delete_folders(src, folders)
 
@@ -508,7 +530,11 @@ class S3Tree:
             self.store.put_marker(self.dir_key(parts), stamp)
             return
         self.store.copy(
-            self.key(parts), self.key(parts), head["ContentLength"], {**head["Metadata"], **stamp}
+            self.key(parts),
+            self.key(parts),
+            head["ContentLength"],
+            {**head["Metadata"], **stamp},
+            etag=head.get("ETag"),
         )
 
     # --- reading --------------------------------------------------------------------------
@@ -541,9 +567,17 @@ class S3Tree:
         self._check(parts)
         if not parts:
             raise ConflictError("is a directory")
+        seen = getattr(self._seen, "last", None)
+        self._seen.last = None
+        if seen is not None and seen[0] == self.key(parts) and time.monotonic() - seen[2] < SEEN_S:
+            # What this thread's lookup just saw (the core looks up, then begins): the
+            # commit's PUT is conditional on it, so a change meanwhile is still seen.
+            return S3Upload(self, parts, seen[1], size, resume, probe)
         head = self.store.head(self.key(parts))
         if head is None:
-            if self._dir_entry(parts) is not None:
+            # Existence only (no mtime): one LIST answers for a marker and for keys below.
+            page = self.store.list_page(self.dir_key(parts), 1)
+            if page.get("KeyCount", len(page.get("Contents", []))):
                 raise ConflictError("is a directory")
             self.require_dir(parts[:-1])
         return S3Upload(self, parts, head, size, resume, probe)
@@ -565,20 +599,24 @@ class S3Tree:
     def usage(self) -> tuple[int, int, bool]:
         """(bytes, entries, complete) under the root, by listing every key.
 
-        Bytes include the parts of unfinished uploads; entries count files and folders
+        Bytes include unfinished uploads (their states name the parts in multipart
+        uploads: 1 GET per unfinished upload); entries count files and folders
         (markers, or implied by keys below them) but not the server's bookkeeping.
         """
         nbytes = 0
         files = 0
         folders: set[str] = set()
         reserved = RESERVED + "/"
+        partials = PARTIAL_FOLDER
         try:
             for page in self.store.walk(self.home):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.home) :]
                     if rel.startswith(reserved):
                         if not rel.endswith(".json"):
-                            nbytes += obj["Size"]
+                            nbytes += obj["Size"]  # tails (and earlier-design parts)
+                        elif rel.startswith(partials):  # parts live in multipart uploads
+                            nbytes += self.states.held(self.states.load_key(obj["Key"]))[0]
                         continue
                     folders.update(_folders_of(rel))
                     if rel and not rel.endswith("/"):

@@ -39,6 +39,8 @@ MiB = 1 << 20
 #: Bytes of an upload's part (S3's minimum is 5 MiB except for the last part).
 PART_SIZE = 8 * MiB
 MIN_PART = 5 * MiB
+#: Parts one upload stores at once by default (boto3's transfers use 10).
+PARTS_IN_FLIGHT = 8
 MAX_PARTS = 10_000
 #: CopyObject's limit; a bigger object is copied by a multipart copy of COPY_PART parts.
 COPY_LIMIT = 5 * 1024 * MiB
@@ -65,8 +67,42 @@ REFUSED = {
 
 
 def meta_digest(digest: str) -> str:
-    """The metadata key that holds a file's ``digest`` (``ftpd-md5``)."""
+    """The metadata key that holds a file's ``digest`` (``ftpd-md5``); also its tag's."""
     return f"ftpd-{digest}"
+
+
+#: The tag that binds a file's digest tag to the object it was computed for: the ETag
+#: its completion returned (a tag is only trusted on the object with that ETag).
+TAG_ETAG = "ftpd-etag"
+
+
+def bare_etag(etag: str) -> str:
+    return str(etag).strip('"')
+
+
+def digest_tags(digest: str, hexdigest: str, etag: str, mtime: float | None) -> dict[str, str]:
+    """The tags that record a multipart upload's digest (and mtime) after completion:
+    metadata can only be set when the upload is created, before the digest is known.
+    A tag is part of that object version: replacing the object drops it, and copies
+    (``mv``) take it along."""
+    tags = {meta_digest(digest): hexdigest, TAG_ETAG: bare_etag(etag)}
+    if mtime is not None:
+        tags[META_MTIME] = repr(float(mtime))
+    return tags
+
+
+def tagged_digest(tags: dict[str, str], head: dict[str, Any], digest: str) -> str | None:
+    """The digest the tags record for the object ``head`` describes (None: none, or
+    recorded for another version of it)."""
+    if tags.get(TAG_ETAG) != bare_etag(head.get("ETag", "")):
+        return None
+    return tags.get(meta_digest(digest))
+
+
+def may_tag_mtime(head: dict[str, Any]) -> bool:
+    """Whether the tags may hold the mtime (a multipart upload's: three tags, and no
+    mtime in the metadata), worth one GetObjectTagging."""
+    return META_MTIME not in head.get("Metadata", {}) and int(head.get("TagCount") or 0) >= 3
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -116,9 +152,10 @@ def translated(what: str) -> Iterator[None]:
         raise err from None
 
 
-def mtime_of(head: dict[str, Any]) -> float:
-    """A file's mtime: the one recorded in its metadata, else when it was stored."""
-    recorded = head.get("Metadata", {}).get(META_MTIME)
+def mtime_of(head: dict[str, Any], tags: dict[str, str] | None = None) -> float:
+    """A file's mtime: the one recorded in its metadata (or ``tags``), else when it was
+    stored."""
+    recorded = head.get("Metadata", {}).get(META_MTIME) or (tags or {}).get(META_MTIME)
     if recorded is not None:
         try:
             return float(recorded)
@@ -202,6 +239,28 @@ class Bucket:
                 return None
             raise translate(exc) from None
 
+    def tags(self, key: str) -> dict[str, str]:
+        """The object's tags ({} when it has none, or is gone)."""
+        try:
+            answer = self.client.get_object_tagging(Bucket=self.name, Key=key)
+        except Exception as exc:
+            if error_code(exc) in NOT_FOUND:
+                return {}
+            raise translate(exc) from None
+        return {str(t["Key"]): str(t["Value"]) for t in answer.get("TagSet", [])}
+
+    def put_tags(self, key: str, tags: dict[str, str]) -> None:
+        with translated("tag"):
+            self.client.put_object_tagging(
+                Bucket=self.name,
+                Key=key,
+                Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+            )
+
+    def mtime(self, key: str, head: dict[str, Any]) -> float:
+        """``mtime_of`` a file, its tags read when they may hold it."""
+        return mtime_of(head, self.tags(key) if may_tag_mtime(head) else None)
+
     def list_page(self, prefix: str, max_keys: int, delimiter: str = "") -> dict[str, Any]:
         with translated("list"):
             args = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": max_keys}
@@ -250,24 +309,48 @@ class Bucket:
                 return self.put_marker(key, metadata)
             raise translate(exc) from None
 
-    def copy(self, src: str, dst: str, size: int, metadata: dict[str, str] | None = None) -> None:
-        """A server-side copy (``metadata`` None: the source's is kept), multipart above
-        the store's CopyObject limit.  Never submits to the pool (it may run in it)."""
+    def copy(
+        self,
+        src: str,
+        dst: str,
+        size: int,
+        metadata: dict[str, str] | None = None,
+        etag: str | None = None,
+    ) -> None:
+        """A server-side copy (``metadata`` None: the source's is kept; tags are copied),
+        multipart above the store's CopyObject limit.  Never submits to the pool (it may
+        run in it).  ``etag``: the source's; when the copy's differs (AWS gives a copy of
+        a multipart object a new one; SeaweedFS keeps it) and a digest tag was bound to
+        the source, the copy's tag is bound to the copy (2 requests more)."""
         source = {"Bucket": self.name, "Key": src}
         directive: dict[str, Any] = {"MetadataDirective": "COPY"}
         if metadata is not None:
             directive = {"MetadataDirective": "REPLACE", "Metadata": metadata}
         with translated("copy"):
             if size <= self.copy_limit:
-                self.client.copy_object(Bucket=self.name, Key=dst, CopySource=source, **directive)
+                answer = self.client.copy_object(
+                    Bucket=self.name, Key=dst, CopySource=source, **directive
+                )
+                new = answer.get("CopyObjectResult", {}).get("ETag")
+                if etag is not None and new is not None and bare_etag(new) != bare_etag(etag):
+                    tags = self.tags(dst)
+                    if tags.get(TAG_ETAG) == bare_etag(etag):
+                        self.put_tags(dst, {**tags, TAG_ETAG: bare_etag(new)})
                 return
+            head = self.client.head_object(Bucket=self.name, Key=src)
             if metadata is None:
-                metadata = dict(self.client.head_object(Bucket=self.name, Key=src)["Metadata"])
-            self._multipart_copy(source, dst, size, metadata)
+                metadata = dict(head["Metadata"])
+            tags = self.tags(src) if int(head.get("TagCount") or 0) else {}
+            new = self._multipart_copy(source, dst, size, metadata)
+            if tags:  # a multipart copy takes no tags along: set them, bound to the copy
+                if tags.get(TAG_ETAG) == bare_etag(head["ETag"]):
+                    tags[TAG_ETAG] = bare_etag(new)
+                self.put_tags(dst, tags)
 
     def _multipart_copy(
         self, source: dict[str, str], dst: str, size: int, metadata: dict[str, str]
-    ) -> None:
+    ) -> str:
+        """Copy by parts; returns the copy's ETag."""
         step = max(self.copy_part, -(-size // MAX_PARTS))
         upload = self.client.create_multipart_upload(Bucket=self.name, Key=dst, Metadata=metadata)
         uid = upload["UploadId"]
@@ -284,13 +367,14 @@ class Bucket:
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 done.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
-            self.client.complete_multipart_upload(
+            answer = self.client.complete_multipart_upload(
                 Bucket=self.name, Key=dst, UploadId=uid, MultipartUpload={"Parts": done}
             )
         except BaseException:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.name, Key=dst, UploadId=uid)
             raise
+        return str(answer["ETag"])
 
 
 # --- downloads ------------------------------------------------------------------------
@@ -308,8 +392,11 @@ class S3Reader:
         self._key = key
         self._etag = head["ETag"]
         self._meta = dict(head.get("Metadata", {}))
+        self._head = head
+        #: The object's tags, read once when they may hold its digest or mtime.
+        self._tags: dict[str, str] | None = None
         self.size = int(head["ContentLength"])
-        self.mtime = mtime_of(head)
+        self.mtime = mtime_of(head, self._tagged() if may_tag_mtime(head) else None)
         self._pos = 0
         self._body: Any = None
         self._body_pos = 0
@@ -397,8 +484,20 @@ class S3Reader:
         self._pos = base + offset
         return self._pos
 
+    def _tagged(self) -> dict[str, str]:
+        if self._tags is None:
+            self._tags = {}
+            if int(self._head.get("TagCount") or 0):
+                self._tags = Bucket(self._client, self._bucket).tags(self._key)
+        return self._tags
+
     def recorded_digest(self, digest: str) -> str | None:
-        return self._meta.get(meta_digest(digest))
+        """The digest in the metadata (one PutObject) or in the tags (a multipart upload,
+        tagged for this very object after completion); None when neither holds it."""
+        known = self._meta.get(meta_digest(digest))
+        if known is None and int(self._head.get("TagCount") or 0):
+            known = tagged_digest(self._tagged(), self._head, digest)
+        return known
 
     def digest(self, digest: str) -> str:
         """The recorded digest, else one computed by streaming the object (not recorded:

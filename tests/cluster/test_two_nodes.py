@@ -215,8 +215,8 @@ def test_node_killed_mid_upload_loses_nothing_and_b_takes_over(
         ready = a.call("put", path="big.bin", size=len(data))
         assert ready.code == 150 and ready.data["offset"] == 0
         a.send(Data(len(data), 0))
-        # A part is recorded in the upload's state once the next but one is handed to
-        # the store (two in flight): 3 parts and a bit make sure one is on record.
+        # The pool records each part in the upload's state as it lands, with the md5
+        # state at its end: 3 parts and a bit make sure some are on record.
         a.sock.sendall(data[: 3 * PART + 2 * MiB])
         # Mid-upload for sure: at least one part is stored and recorded in the bucket.
         wait_until(lambda: _held(cluster, "bob") >= PART, timeout=20)
@@ -238,7 +238,7 @@ def test_node_killed_mid_upload_loses_nothing_and_b_takes_over(
     # It did not wait for the lease: node A's lease (a minute) is still running now.
     dead = re.search(r"\(node (\S+)\)", line).group(1)  # type: ignore[union-attr]
     assert _lease_left(cluster, dead) > 0
-    assert result.offset >= held > 0, "node B did not resume from the parts node A stored"
+    assert result.offset >= held > 0, "node B did not resume:\n" + "\n".join(cluster.b.lines[mark:])
     assert result.checksum == _md5(data)
     with cluster.b.login("bob") as b:
         got = transfer.get_file(b, "big.bin", tmp_path / "got.bin")

@@ -169,3 +169,40 @@ def test_rm_of_an_interrupted_upload_gives_its_bytes_back(services: Services) ->
     assert files.ledger.usage() == Usage(0, 0, 0, 0)
     assert list(files.tree.partials()) == []
     assert_in_step(files)
+
+
+def count_requests(storage: S3Storage) -> list[str]:
+    """Every request the storage's client sends from now on, by operation name."""
+    sent: list[str] = []
+
+    def note(model: Any, **_: Any) -> None:
+        sent.append(model.name)
+
+    storage.client.meta.events.register("before-call.s3", note)
+    return sent
+
+
+def test_requests_of_a_small_put_and_a_big_one(services: Services, storage: S3Storage) -> None:
+    """A new small file is one PutObject after the lookups (no HEAD before it: the put
+    is conditional on what the lookup saw); a big one streams its parts into one
+    multipart upload and completes it, with no copy."""
+    files = session(services)
+    files.mkdir("d")
+    sent = count_requests(storage)
+    put(files, "d/small.bin", b"s" * 4096)
+    print(f"\nrequests for a new 4 KiB file: {len(sent)} {sent}")
+    assert sent.count("PutObject") == 1 and "UploadPartCopy" not in sent
+    assert len(sent) <= 6  # 11 before the redesign
+    sent.clear()
+    put(files, "d/small.bin", b"t" * 4096)  # replacing it
+    print(f"requests for a 4 KiB file replacing one: {len(sent)} {sent}")
+    assert sent.count("PutObject") == 1 and len(sent) <= 3  # 5 before
+    sent.clear()
+    data = os.urandom(3 * 8 * MiB + 5)
+    put(files, "d/big.bin", data)
+    print(f"requests for a 24 MiB file: {len(sent)} {sent}")
+    assert sent.count("UploadPart") == 4 and "UploadPartCopy" not in sent
+    assert sent.count("CreateMultipartUpload") == sent.count("CompleteMultipartUpload") == 1
+    with files.download("d/big.bin") as down:
+        assert down.checksum == md5(data)
+    assert_in_step(files)
