@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ftpd.accounts.throttle import LoginThrottle
@@ -24,6 +25,14 @@ from ftpd.state.base import Ledger, Ledgers, Limits
 from ftpd.storage.base import Storage, Tree
 
 logger = logging.getLogger(__name__)
+#: Password checks run here, not in the session's own thread: bcrypt's deep native stack
+#: would otherwise stay touched (resident) in every session thread for its whole life, 8
+#: of an idle session's ~30 KiB (docs/architecture.md, "What an idle session holds").
+#: Threads are made as needed, up to this many, so that a burst of logins is checked in
+#: parallel as before (the brake counts attempts in flight, accounts.throttle) while the
+#: touched stacks stay with a few threads, not with every session.
+VERIFY_THREADS = 32
+_VERIFY = ThreadPoolExecutor(max_workers=VERIFY_THREADS, thread_name_prefix="ftpd-verify")
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class Accounts:
             _log_failure(name, ip)  # a refusal is a failure too, for fail2ban
             raise
         try:
-            account = self.users.authenticate(name, password)
+            account = _VERIFY.submit(self.users.authenticate, name, password).result()
         except BaseException:
             self.throttle.failed(name, ip)  # never leave an attempt in flight for ever
             raise

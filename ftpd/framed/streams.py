@@ -9,6 +9,8 @@ buffer, so memory stays flat whatever the file size.
 from __future__ import annotations
 
 import hashlib
+import math
+import select
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -122,63 +124,107 @@ def hash_file(
 
 
 class SocketReader:
-    """A buffered reader over anything with ``recv_into`` (a socket), with deadlines.
+    """A buffered reader over a socket (anything with ``recv``, ``recv_into`` and
+    ``fileno``), with deadlines, that holds no buffer while it waits.
 
-    Small reads (frame headers) come from one small buffer (16 KiB: most of an idle
-    session's memory, and headers are usually far smaller); large ``readinto`` calls go straight
-    to ``recv_into`` on the caller's buffer, so a body is copied once.  While ``deadline``
-    (a ``time.monotonic`` value) is set, every wait is cut to the time left, so a client
-    that drips a header one byte at a time still times out (slowloris).
+    Small reads (frame headers) are served from what one ``recv(bufsize)`` returned;
+    large ``readinto`` calls go straight to ``recv_into`` on the caller's buffer, so a
+    body is copied once.  An idle session is a thread blocked here, so waiting costs
+    nothing: with nothing buffered the reader first waits for readability with ``poll``
+    (``SSLSocket.pending()`` bytes are already inside the SSL object: no wait), and
+    only then receives, into a buffer that ``recv`` sizes to what arrived; once every
+    byte of it is consumed it is dropped (a blocked ``recv(n)`` would hold ``n`` bytes
+    for as long as it waits).  Many frames in one segment are all served from it.
+
+    While ``deadline`` (a ``time.monotonic`` value) is set, every wait is cut to the
+    time left, so a client that drips a header one byte at a time still times out
+    (slowloris); otherwise a wait lasts the socket's timeout (``TimeoutError``).
     """
 
     def __init__(self, sock: Any, bufsize: int = 16 * 1024) -> None:
         self.sock = sock
-        self._buf = bytearray(bufsize)
-        self._view = memoryview(self._buf)
-        self._start = self._end = 0
+        self.bufsize = bufsize
+        self._data = b""  # received, not yet consumed from ``_start``; b"" when drained
+        self._start = 0
         self.deadline: float | None = None
         self.timeout: float | None = sock.gettimeout()
 
+    def _wait_time(self) -> float | None:
+        """Seconds the next wait may last (None: forever); applied to the socket too."""
+        if self.deadline is None:
+            return self.sock.gettimeout()
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        wait = left if self.timeout is None else min(left, self.timeout)
+        self.sock.settimeout(wait)
+        return wait
+
     def _recv_into(self, view: memoryview) -> int:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("deadline passed")
-            self.sock.settimeout(left if self.timeout is None else min(left, self.timeout))
+        self._wait_time()
         return self.sock.recv_into(view)
+
+    def _fill(self) -> bool:
+        """Wait for bytes, then take what arrived (up to ``bufsize``); False at end."""
+        wait = self._wait_time()
+        pending = getattr(self.sock, "pending", None)
+        if wait != 0 and not (pending is not None and pending()):
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            ms = -1 if wait is None else max(1, math.ceil(wait * 1000))
+            if not poller.poll(ms):
+                raise TimeoutError("timed out")
+            if pending is not None and self.deadline is not None:
+                self._wait_time()  # TLS may wait again for the rest of a record: what is left
+        self._data = self.sock.recv(self.bufsize)
+        self._start = 0
+        return bool(self._data)
+
+    def _take(self, size: int) -> bytes:
+        """Up to ``size`` buffered bytes (no copy when they are the whole buffer)."""
+        data, start = self._data, self._start
+        piece = data if start == 0 and size >= len(data) else data[start : start + size]
+        self._skip(len(piece))
+        return piece
+
+    def _skip(self, size: int) -> None:
+        """Consume ``size`` buffered bytes; the buffer is dropped once drained."""
+        self._start += size
+        if self._start >= len(self._data):
+            self._data, self._start = b"", 0
 
     def readinto(self, target: memoryview | bytearray) -> int:
         """Up to ``len(target)`` bytes; 0 only at end of stream."""
         view = memoryview(target).cast("B")
-        have = self._end - self._start
-        if have:
-            n = min(have, len(view))
-            view[:n] = self._view[self._start : self._start + n]
-            self._start += n
-            return n
-        if len(view) >= len(self._buf):
-            return self._recv_into(view)
-        self._start = 0
-        self._end = self._recv_into(self._view)
-        return self.readinto(view) if self._end else 0
+        if not self.buffered:
+            if len(view) >= self.bufsize:
+                return self._recv_into(view)
+            if not self._fill():
+                return 0
+        start = self._start
+        n = min(len(self._data) - start, len(view))
+        view[:n] = memoryview(self._data)[start : start + n]
+        self._skip(n)
+        return n
 
     def read(self, size: int) -> bytes:
         """Exactly ``size`` bytes, or fewer only at end of stream."""
+        data, start = self._data, self._start
+        end = start + size
+        if end < len(data):  # the common case: a header inside what one recv returned
+            self._start = end
+            return data[start:end]
+        if end == len(data):
+            self._data, self._start = b"", 0
+            return data[start:] if start else data
         out = bytearray()
         while len(out) < size:
-            have = self._end - self._start
-            if have:
-                n = min(have, size - len(out))
-                out += self._view[self._start : self._start + n]
-                self._start += n
-                continue
-            self._start = 0
-            self._end = self._recv_into(self._view)
-            if not self._end:
+            if not self.buffered and not self._fill():
                 break
+            out += self._take(size - len(out))
         return bytes(out)
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet consumed."""
-        return self._end - self._start
+        return len(self._data) - self._start
