@@ -1,12 +1,13 @@
 """Where the CPU goes: one benchmark phase against a daemon whose sessions run under cProfile.
 
-Its one job: rerun a phase of ``bench/run.py`` (small puts, ls, or one big put + get)
+Its one job: rerun a phase of ``bench/run.py`` (small puts, ls, stat, or one big put + get)
 against a separate daemon process whose session threads each run under a CPU-time
 ``cProfile`` (``time.thread_time``, so waiting on a socket costs nothing), profile the
 client side the same way, and print both.  Profiling slows everything several-fold: use
 it for proportions, never for figures.  It must never change ftpd/ code.
 
-    python bench/hotspots.py small|ls|big [--quick] [--fsync|--no-fsync] [--top N]
+    python bench/hotspots.py small|ls|stat|big [--quick] [--fsync|--no-fsync] [--top N]
+                             [--save FILE]   (the daemon's profile, for pstats callers/callees)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import cProfile
 import logging
 import pstats
+import shutil
 import signal
 import sys
 import tempfile
@@ -63,14 +65,21 @@ def serve(out_path: str, config_path: str) -> int:
     return 0
 
 
+def stat_phase(d: run.Daemon, tmp: Path, count: int) -> dict[str, float]:
+    """``count`` stats of one file (the ls phase's folder, made by one listing first)."""
+    run.ls_round_trips(d, tmp, 1)
+    return run.stat_round_trips(d, count)
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--serve"]:  # the daemon side: --serve OUT --config FILE
         return serve(sys.argv[2], sys.argv[4])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("phase", choices=["small", "ls", "big"])
+    ap.add_argument("phase", choices=["small", "ls", "stat", "big"])
     ap.add_argument("--quick", action="store_true", help="64 MiB and 200 ops")
     ap.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--top", type=int, default=25, help="rows per listing")
+    ap.add_argument("--save", type=Path, help="keep the daemon's profile in this file")
     args = ap.parse_args()
     sizes = run.parse_args(["--quick"] if args.quick else [])
     with tempfile.TemporaryDirectory(prefix="ftpd-hotspots-") as name:
@@ -87,10 +96,12 @@ def main() -> int:
                     run.big_transfer, d, tmp, src, run.make_source(src, sizes.size), "md5"
                 )
             else:
-                phase = run.small_puts if args.phase == "small" else run.ls_round_trips
-                result = client.runcall(phase, d, tmp, sizes.count)
+                phase = {"small": run.small_puts, "ls": run.ls_round_trips, "stat": stat_phase}
+                result = client.runcall(phase[args.phase], d, tmp, sizes.count)
         finally:
             d.stop()
+        if args.save:
+            shutil.copyfile(out, args.save)
         print(f"{args.phase}, fsync {'on' if args.fsync else 'off'} (slowed by profiling):")
         print("  " + ", ".join(f"{k}={v:.0f}" for k, v in result.items() if isinstance(v, float)))
         for side, stats in (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -92,6 +93,19 @@ def new_hasher(digest: str = DEFAULT_DIGEST) -> Any:
     if digest not in DIGESTS:
         raise BadRequestError(f"unsupported digest {digest!r}; use one of {DIGESTS}")
     return hashlib.new(digest, usedforsecurity=False)
+
+
+def _shown_entries(shown: str, entries: Iterator[Entry], show_all: bool) -> Iterator[Entry]:
+    """A listing's entries (dot files only with ``show_all``), errors named by ``shown``."""
+    with about(shown):
+        for entry in entries:
+            if show_all or not entry.name.startswith("."):
+                yield entry
+
+
+def _last(shown: str) -> str:
+    """The last name of a folded client path ("/" for the top)."""
+    return shown.rpartition("/")[2] or "/"
 
 
 def virtual(parts: Parts) -> str:
@@ -212,6 +226,11 @@ class FileService:
             InvalidPathError: NUL, control characters, too long.
             PathEscapeError: the reserved names.
         """
+        return PurePosixPath("/", *self.fold(vpath)[1])
+
+    def fold(self, vpath: str) -> tuple[str, Parts]:
+        """``normalize`` as text and parts: ``("/a/b", ("a", "b"))`` (no ``pathlib`` on
+        the hot path of every command).  Raises as ``normalize``."""
         check_text(vpath)
         joined = vpath if vpath.startswith("/") else f"{self.cwd}/{vpath}"
         parts: list[str] = []
@@ -223,27 +242,39 @@ class FileService:
                     parts.pop()
                 continue
             parts.append(part)
-        if is_reserved(tuple(parts)):
+        folded = tuple(parts)
+        if is_reserved(folded):
             raise PathEscapeError("that name is reserved for the server's partial files")
-        return PurePosixPath("/", *parts)
+        return "/" + "/".join(folded), folded
 
     def parts(self, vpath: str) -> Parts:
-        return self.normalize(vpath).parts[1:]
+        return self.fold(vpath)[1]
 
     def resolve(self, vpath: str, follow: bool = True) -> tuple[str, Parts, Entry | None]:
         """Both locations of ``vpath``: the client's (folded) and the real one below the
         home (links resolved), and what is there (None: nothing yet)."""
-        shown = str(self.normalize(vpath))
-        with about(shown):
-            found = self.tree.lookup(self.parts(vpath), follow)
+        shown, folded = self.fold(vpath)
+        try:
+            found = self.tree.lookup(folded, follow)
+        except FTPError as exc:  # what ``about(shown)`` does, without a generator
+            _named(exc, shown)
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, shown) from None
         return shown, found.parts, found.entry
 
-    def _existing(self, vpath: str, with_partial: bool = False) -> tuple[str, Parts, Entry]:
+    def _existing(
+        self,
+        vpath: str,
+        with_partial: bool = False,
+        partials: list[PartialInfo] | None = None,
+    ) -> tuple[str, Parts, Entry]:
         """What is at ``vpath``; ``with_partial``: an unfinished upload counts as there
-        (and marks a finished file it would replace)."""
+        (and marks a finished file it would replace), among ``partials`` if given."""
         shown, parts, entry = self.resolve(vpath)
         if with_partial and parts and (entry is None or entry.kind == "file"):
-            info = next((p for p in self._partials() if p.parts == parts), None)
+            known = self._partials() if partials is None else partials
+            info = next((p for p in known if p.parts == parts), None)
             if info is not None:
                 marked = _unfinished(info) if entry is None else entry
                 entry = replace(marked, partial=info.held, expected=info.expected)
@@ -283,16 +314,38 @@ class FileService:
         are produced as they are read, so memory stays bounded whatever the size.
         ``unfinished=False`` leaves unfinished uploads out (FTP's LIST/NLST/MLSD: a
         client would take such a name for a file it can RETR; SIZE and MLST show them)."""
-        shown, parts, entry = self._existing(vpath, with_partial=unfinished)
+        shown, folded = self.fold(vpath)
+        partials = self._partials() if unfinished else []
+        # No unfinished upload anywhere (the usual case): the folder is listed straight
+        # away, with no lookup before it; anything else takes the way that names it.
+        listed = None if partials else self._listed(shown, folded, show_all)
+        if listed is not None:
+            return shown, listed
+        shown, parts, entry = self._existing(vpath, unfinished, partials)
         if entry.kind != "dir":
-            return shown, iter([replace(entry, name=PurePosixPath(shown).name or "/")])
-        pending = (
-            {p.parts[-1]: p for p in self._partials() if p.parts[:-1] == parts}
-            if unfinished
-            else {}
-        )
+            return shown, iter([replace(entry, name=_last(shown))])
+        pending = {p.parts[-1]: p for p in partials if p.parts[:-1] == parts}
         entries = self._merged(shown, self.tree.listdir(parts), pending)
-        return shown, (e for e in entries if show_all or not e.name.startswith("."))
+        if show_all:
+            return shown, entries
+        return shown, (e for e in entries if not e.name.startswith("."))
+
+    def _listed(self, shown: str, folded: Parts, show_all: bool) -> Iterator[Entry] | None:
+        """The entries of the folder at ``folded``, its lookup done (errors named as
+        ``resolve`` names them); None when it is missing or not a folder."""
+        try:
+            entries = self.tree.listdir(folded)
+            first = next(entries)  # a generator: the lookup happens here
+        except StopIteration:
+            return iter(())
+        except (NotFoundError, ConflictError):
+            return None
+        except FTPError as exc:
+            _named(exc, shown)
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, shown) from None
+        return _shown_entries(shown, itertools.chain((first,), entries), show_all)
 
     def _merged(
         self, shown: str, entries: Iterator[Entry], pending: dict[str, PartialInfo]
@@ -315,7 +368,7 @@ class FileService:
         A name that only an unfinished upload holds answers with the bytes received so
         far, marked ``partial``."""
         shown, parts, entry = self._existing(vpath, with_partial=True)
-        entry = replace(entry, name=PurePosixPath(shown).name or "/")
+        entry = replace(entry, name=_last(shown))
         checksum = None
         if entry.kind == "file" and entry.partial is None:
             with about(shown), contextlib.suppress(FTPError):

@@ -117,15 +117,19 @@ def record_digest(fd: int, st: os.stat_result, digest: str, hexdigest: str) -> N
 
 def _entry(name: str, st: os.stat_result) -> Entry:
     mode = st.st_mode
-    kind = "dir" if stat_mod.S_ISDIR(mode) else "file" if stat_mod.S_ISREG(mode) else "other"
-    size = st.st_size if kind == "file" else 0
-    return Entry(name, kind, size, st.st_mtime, stat_mod.S_IMODE(mode))
+    kind = stat_mod.S_IFMT(mode)
+    if kind == stat_mod.S_IFREG:
+        return Entry(name, "file", st.st_size, st.st_mtime, mode & 0o7777)
+    kind_name = "dir" if kind == stat_mod.S_IFDIR else "other"
+    return Entry(name, kind_name, 0, st.st_mtime, mode & 0o7777)
 
 
 def _close(fd: int | None) -> None:
     if fd is not None:
-        with contextlib.suppress(OSError):
+        try:  # not contextlib.suppress: this runs several times per command
             os.close(fd)
+        except OSError:
+            pass
 
 
 # --- the walk --------------------------------------------------------------------------
@@ -196,13 +200,17 @@ class _Walk:
 
 class LocalTree:
     """One root folder on the local disk (a user's home).  Thread-safe: holds no state
-    between operations but the root's path; every operation opens and closes its own
+    between operations but the root's path and what no operation can make wrong (the
+    target each partial's name stands for); every operation opens and closes its own
     descriptors."""
 
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
         self._real: str | None = None
+        #: Partial file name -> its target's parts, as last read from its xattr.  A name
+        #: is a hash of its target (``_places``), so what it stands for never changes.
+        self._targets: dict[str, Parts] = {}
 
     @property
     def real(self) -> str:
@@ -371,11 +379,11 @@ class LocalTree:
             base = hit.parts
         try:
             with os.scandir(fd) as entries:
-                names = [e.name for e in entries]
+                names = [e.name for e in entries if not e.name.startswith(PARTIAL_PREFIX)]
+            if not base and RESERVED in names:
+                names.remove(RESERVED)
             names.sort()
             for name in names:
-                if name.startswith(PARTIAL_PREFIX) or (not base and name == RESERVED):
-                    continue
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -523,21 +531,30 @@ class LocalTree:
 
     # --- uploads ------------------------------------------------------------------------
 
-    def _partial_folder(self) -> int:
-        """A descriptor of ``.ftpd/partial`` in the root, made (0700) if missing."""
-        root = self._open_root()
+    def _partial_folder(self, create: bool = True) -> int:
+        """A descriptor of ``.ftpd/partial`` in the root, made (0700) if missing
+        (``create`` False: FileNotFoundError instead)."""
+        fd = root = self._open_root()
         try:
-            fd = root
             for name in (RESERVED, _PARTIAL_DIR):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                nxt = os.open(name, _O_DIR, dir_fd=fd)
+                try:
+                    nxt = os.open(name, _O_DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o700, dir_fd=fd)
+                    nxt = os.open(name, _O_DIR, dir_fd=fd)
                 if fd != root:
                     _close(fd)
                 fd = nxt
-            return fd
+        except BaseException:
+            if fd != root:
+                _close(fd)
+            raise
         finally:
             _close(root)
+        return fd
 
     def begin_upload(
         self, parts: Parts, size: int | None, resume: bool, probe: bool = False
@@ -577,18 +594,26 @@ class LocalTree:
         return out
 
     def partials(self) -> Iterator[PartialInfo]:
-        """Unfinished uploads in the root's partial folder (their targets, sizes, ages)."""
+        """Unfinished uploads in the root's partial folder (their targets, sizes, ages).
+
+        The folder is read every time (another session, or another process, may have
+        just made or removed a partial); only each name's target is remembered.  Nothing
+        is made: a root without the folder has no unfinished upload.
+        """
         try:
-            folder = self._partial_folder()
+            folder = self._partial_folder(create=False)
         except OSError:
             return
         try:
             with os.scandir(folder) as entries:
                 found = list(entries)
+            known, seen = self._targets, {}
             for item in found:
-                info = _partial_info(folder, item)
+                info = _partial_info(folder, item, known.get(item.name))
                 if info is not None:
+                    seen[item.name] = info.parts
                     yield info
+            self._targets = seen  # forget the names gone
         finally:
             _close(folder)
 
@@ -711,20 +736,24 @@ def _unlink_counted(name: str, folder: int) -> int:
         return 0
 
 
-def _partial_info(folder: int, item: os.DirEntry[str]) -> PartialInfo | None:
+def _partial_info(
+    folder: int, item: os.DirEntry[str], parts: Parts | None = None
+) -> PartialInfo | None:
+    """What a partial holds now; ``parts``: its target, when already known by its name."""
     key, _, size = item.name.rpartition(".")
     if not key or not (size.isdigit() or size == "stream"):
         return None
     try:
         st = item.stat(follow_symlinks=False)
-        fd = os.open(item.name, _O_READ, dir_fd=folder)
-        try:
-            target = os.getxattr(fd, _XATTR_TARGET).decode("utf-8", "surrogateescape")
-        finally:
-            _close(fd)
+        if parts is None:
+            fd = os.open(item.name, _O_READ, dir_fd=folder)
+            try:
+                target = os.getxattr(fd, _XATTR_TARGET).decode("utf-8", "surrogateescape")
+            finally:
+                _close(fd)
+            parts = tuple(p for p in target.split("/") if p)
     except OSError:
         return None
-    parts = tuple(p for p in target.split("/") if p)
     expected = int(size) if size.isdigit() else None
     return PartialInfo(parts, st.st_size, expected, st.st_mtime)
 
