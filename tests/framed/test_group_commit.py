@@ -324,3 +324,80 @@ def call_ok(sock: socket.socket, cmd: str, **args: Any) -> dict[str, Any]:
     answer, _ = read_frame_with_body(sock)
     assert answer["ok"], answer
     return answer
+
+
+# --- hostile and unlucky clients ------------------------------------------------------
+
+
+def _login_as(srv: RunningServer, user: str) -> socket.socket:
+    sock = srv.raw()
+    sock.settimeout(TIMEOUT)
+    read_frame(sock)
+    sock.sendall(frame({"cmd": "login", "args": {"user": user, "password": PASSWORDS[user]}}))
+    assert read_frame(sock)["ok"]
+    return sock
+
+
+def test_a_client_that_hangs_up_after_sending_loses_nothing_it_sent_whole(
+    server_factory: Callable[..., RunningServer], journal: Journal, log_records: Any
+) -> None:
+    """Puts received whole are installed (durably) even if nobody is left to hear the
+    answers; the last one, cut in its body, stays a partial; the daemon goes on."""
+    srv = server_factory(fsync=True)
+    sock = _login(srv)
+    whole = {f"h{i}": bytes([65 + i]) * (500 + i) for i in range(6)}
+    cut = _inline_put("h-cut", b"z" * 5000)[:-1000]
+    sock.sendall(b"".join(_inline_put(n, d) for n, d in whole.items()) + cut)
+    sock.close()
+    home = srv.project.home("alice")
+    log_records.wait_for(r"DISCONNECT ip=\S+ user=alice")
+    for name, data in whole.items():
+        assert (home / name).read_bytes() == data
+        assert journal.covered(journal.index("sealed", name), journal.index("rename", name))
+    assert not (home / "h-cut").exists()
+    other = _login(srv)  # the daemon and other sessions are unaffected
+    assert call_ok(other, "stat", path="h5")["data"]["size"] == len(whole["h5"])
+    other.close()
+
+
+def test_quota_refusal_in_the_middle_of_a_batch_is_answered_in_its_place(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    """carol has 1 MiB: a pipelined batch that passes it gets 413 for the put that does
+    not fit (the ones before still hold their room while they wait for the commit), the
+    others are stored, and the ledger ends exact."""
+    srv = server_factory(fsync=True)
+    sock = _login_as(srv, "carol")
+    sizes = [300_000, 300_000, 600_000, 300_000, 100]
+    names = [f"q{i}" for i in range(len(sizes))]
+    sock.sendall(b"".join(_inline_put(n, bytes(s)) for n, s in zip(names, sizes, strict=True)))
+    answers = [read_frame(sock) for _ in names]
+    assert [a["code"] for a in answers] == [200, 200, 413, 200, 200], answers
+    quota = call_ok(sock, "quota")["data"]
+    assert quota["used"] == 300_000 * 3 + 100 and quota["reserved"] == 0, quota
+    assert quota["files"] == 4
+    sock.close()
+    home = srv.project.home("carol")
+    assert sorted(p.name for p in home.iterdir() if not p.name.startswith(".")) == [
+        "q0",
+        "q1",
+        "q3",
+        "q4",
+    ]
+
+
+def test_pipelined_puts_then_quit_are_all_answered_before_the_goodbye(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    srv = server_factory(fsync=True)
+    sock = _login(srv)
+    sock.sendall(
+        b"".join(_inline_put(f"b{i}", b"q" * i) for i in range(1, 9))
+        + frame({"cmd": "quit", "args": {}})
+    )
+    answers = [read_frame(sock) for _ in range(9)]
+    assert [a["code"] for a in answers[:8]] == [200] * 8
+    assert answers[8]["ok"] and answers[8]["code"] == 221, answers[8]
+    for i in range(1, 9):
+        journal.check_durable_before_answer(f"b{i}")
+    sock.close()
