@@ -30,6 +30,7 @@ from ftpd import config as config_mod
 from ftpd.accounts.users import UserStore
 from ftpd.core.services import Services
 from ftpd.framed.server import FramedServer
+from tests.durability import journal  # noqa: F401 - a fixture for every test module
 from tests.support import LogRecords
 
 # Low-cost hashes keep the suite fast; production hashes use the default cost (12).

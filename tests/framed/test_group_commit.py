@@ -13,92 +13,17 @@ import hashlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ftp_client.transfer import put_many
-from ftpd.framed.session import GROUP_MAX, FramedSession
+from ftpd.framed.session import GROUP_MAX
 from ftpd.storage import flush
-from ftpd.storage.local import LocalUpload
 from tests.conftest import PASSWORDS, RunningServer
+from tests.durability import Journal
 from tests.support import TIMEOUT, frame, read_frame, read_frame_with_body, wait_until
-
-
-class Journal:
-    """Everything that matters to durability, in the order it happened."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._lock = threading.Lock()
-        self._flushes = 0
-
-    def add(self, kind: str, what: Any) -> None:
-        with self._lock:
-            self.events.append((kind, what))
-
-    def next_flush(self) -> int:
-        with self._lock:
-            self._flushes += 1
-            return self._flushes
-
-    def index(self, kind: str, what: Any) -> int:
-        found = [i for i, event in enumerate(self.events) if event == (kind, what)]
-        assert len(found) == 1, (kind, what, found)
-        return found[0]
-
-    def flushes(self) -> list[tuple[int, int]]:
-        """(start index, end index) of every flush."""
-        starts = {n: i for i, (k, n) in enumerate(self.events) if k == "flush-start"}
-        ends = {n: i for i, (k, n) in enumerate(self.events) if k == "flush-end"}
-        return [(starts[n], ends[n]) for n in sorted(starts)]
-
-    def covered(self, after: int, before: int) -> bool:
-        """Whether a whole flush started after event ``after`` and ended before ``before``."""
-        return any(after < start and end < before for start, end in self.flushes())
-
-    def check_durable_before_answer(self, name: str) -> None:
-        sealed = self.index("sealed", name)
-        renamed = self.index("renamed", name)
-        answered = self.index("answer", name)
-        assert self.covered(sealed, self.index("rename", name)), f"{name}: renamed unflushed"
-        assert self.covered(renamed, answered), f"{name}: answered before its name was durable"
-
-
-@pytest.fixture
-def journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal]:
-    j = Journal()
-    real_syncfs, real_seal, real_install = flush.syncfs, LocalUpload.seal, LocalUpload.install
-    real_send = FramedSession.send
-
-    def syncfs(fd: int) -> None:
-        n = j.next_flush()
-        j.add("flush-start", n)
-        real_syncfs(fd)
-        j.add("flush-end", n)
-
-    def seal(self: LocalUpload, *args: Any) -> int:
-        fd = real_seal(self, *args)
-        j.add("sealed", self.parts[-1])
-        return fd
-
-    def install(self: LocalUpload) -> int:
-        j.add("rename", self.parts[-1])
-        replaced = real_install(self)
-        j.add("renamed", self.parts[-1])
-        return replaced
-
-    def send(self: FramedSession, response: Any, body: bytes = b"") -> None:
-        real_send(self, response, body)
-        if response.ok and response.message.startswith("stored "):
-            j.add("answer", response.data["path"].rsplit("/", 1)[-1])
-
-    monkeypatch.setattr(flush, "syncfs", syncfs)
-    monkeypatch.setattr(LocalUpload, "seal", seal)
-    monkeypatch.setattr(LocalUpload, "install", install)
-    monkeypatch.setattr(FramedSession, "send", send)
-    yield j
 
 
 def _inline_put(path: str, data: bytes, checksum: str | None = None) -> bytes:
@@ -401,3 +326,22 @@ def test_pipelined_puts_then_quit_are_all_answered_before_the_goodbye(
     for i in range(1, 9):
         journal.check_durable_before_answer(f"b{i}")
     sock.close()
+
+
+def test_a_two_phase_put_is_answered_only_after_its_flushes(
+    server_factory: Callable[..., RunningServer], journal: Journal, tmp_path: Any
+) -> None:
+    """Large files (two-phase, resumable) go through the same flushes, shared with the
+    other sessions' commits; the answer follows both."""
+    from ftp_client.transfer import INLINE_MAX, put_file
+
+    srv = server_factory(fsync=True)
+    local = tmp_path / "big.bin"
+    local.write_bytes(bytes(range(256)) * (INLINE_MAX // 256 + 4099))
+    conn = srv.login("bob")
+    try:
+        put_file(conn, local, "big.bin")
+    finally:
+        conn.close()
+    assert (srv.project.home("bob") / "big.bin").read_bytes() == local.read_bytes()
+    journal.check_durable_before_answer("big.bin")
