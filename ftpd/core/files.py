@@ -851,24 +851,21 @@ def commit_many(batch: Sequence[tuple[Upload, str | None, float | None]]) -> lis
     """
     results: list[str | FTPError] = []
     ready: list[tuple[int, Upload, str]] = []
-    for upload, checksum, _ in batch:
-        try:
-            actual = upload._verify(checksum)
-        except (FTPError, OSError) as exc:
-            upload._release(settle=True)
-            results.append(exc if isinstance(exc, FTPError) else from_oserror(exc, upload.shown))
-            continue
-        ready.append((len(results), upload, actual))
-        results.append(actual)
-    mtimes = [mtime for _, _, mtime in batch]
     try:
+        for upload, checksum, _ in batch:
+            try:
+                actual = upload._verify(checksum)
+            except (FTPError, OSError) as exc:
+                upload._release(settle=True)
+                results.append(
+                    exc if isinstance(exc, FTPError) else from_oserror(exc, upload.shown)
+                )
+                continue
+            ready.append((len(results), upload, actual))
+            results.append(actual)
+        mtimes = [mtime for _, _, mtime in batch]
         outcomes = commit_group([(u.stored, u.digest, actual, mtimes[i]) for i, u, actual in ready])
-    except BaseException:
-        for _, upload, _ in ready:
-            upload._release(settle=True)
-        raise
-    for (i, upload, _), outcome in zip(ready, outcomes, strict=True):
-        try:
+        for (i, upload, _), outcome in zip(ready, outcomes, strict=True):
             if isinstance(outcome, FTPError):
                 results[i] = _named(outcome, upload.shown)
             elif isinstance(outcome, OSError):
@@ -877,7 +874,8 @@ def commit_many(batch: Sequence[tuple[Upload, str | None, float | None]]) -> lis
                 raise outcome
             else:
                 upload._installed(outcome)
-        finally:
+    finally:  # whatever happened, every claim, reservation and descriptor goes back
+        for upload, _, _ in batch:
             upload._release(settle=True)
     return results
 

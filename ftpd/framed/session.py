@@ -55,6 +55,8 @@ LS_CHUNK = 256 * 1024
 #: Small puts committed together at most (group commit).  A pipelining client keeps up to
 #: 32 in flight, so it goes on sending while half of them are flushed.
 GROUP_MAX = 16
+#: A put waits in a group only if its body is at most this big and already here.
+GROUP_BODY_MAX = 1 << 20
 #: Unfinished uploads listed by name in a ``quota`` answer (all are counted).
 QUOTA_PARTIALS = 100
 
@@ -340,24 +342,30 @@ class FramedSession(socketserver.BaseRequestHandler):
     # --- group commit (docs/architecture.md, "Durability") -------------------------------
 
     def defer(self, put: PendingPut) -> None:
-        """Hold a small put received whole until the requests already here are read:
-        a pipelining client's puts are committed together (``commit_many``: two shared
-        flushes per batch instead of two per file).  Settles at once when no request
-        follows yet, or when the batch is full: no answer waits on a client."""
+        """Hold a small put received whole while the client's next request is already
+        here, whole: a pipelining client's puts are committed together (``commit_many``:
+        two shared flushes per batch instead of two per file).  Settles at once when the
+        next request is not all here yet, or the batch is full: the session never waits
+        on its client with puts unanswered (nor holds their claims meanwhile)."""
         self.commits.append(put)
-        if len(self.commits) >= GROUP_MAX or not self._more_input():
+        if len(self.commits) >= GROUP_MAX or not self._next_frame_ready():
             self.settle()
 
-    def _more_input(self) -> bool:
-        """Whether the client has sent more already (buffered here, or in the kernel)."""
-        if self.reader.buffered:
-            return True
-        pending = getattr(self.sock, "pending", None)  # TLS: bytes inside the SSL object
-        if pending is not None and pending():
-            return True
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        return bool(poller.poll(0))
+    def _next_frame_ready(self) -> bool:
+        """Whether the next request's header can be read without waiting."""
+        reader, size = self.reader, protocol.LENGTH_SIZE
+        if not reader.ready(size):
+            return False
+        try:
+            length = protocol.parse_length(reader.peek(size))
+        except ProtocolError:
+            return False  # settle first: the loop reads it and answers the error
+        return reader.ready(size + length)
+
+    def body_ready(self, size: int) -> bool:
+        """Whether a request body of ``size`` bytes can be read without waiting (a
+        small one only: it is held in memory to know)."""
+        return size <= GROUP_BODY_MAX and self.reader.ready(size)
 
     def settle(self) -> None:
         """Commit the puts waiting, as one group, and answer each in order: "stored"

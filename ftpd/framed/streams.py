@@ -228,3 +228,26 @@ class SocketReader:
     def buffered(self) -> int:
         """Bytes received but not yet consumed."""
         return len(self._data) - self._start
+
+    def peek(self, size: int) -> bytes:
+        """Up to ``size`` buffered bytes, not consumed."""
+        return self._data[self._start : self._start + size]
+
+    def ready(self, size: int) -> bool:
+        """Whether ``size`` bytes can be read now without waiting: buffered, or already
+        in the kernel (taken into the buffer without waiting).  Over TLS only what is
+        buffered counts.  The caller bounds ``size``: it is all held in memory."""
+        have = self.buffered
+        if have >= size:
+            return True
+        if getattr(self.sock, "pending", None) is not None:
+            return False
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while have < size and poller.poll(0):
+            more = self.sock.recv(max(size - have, self.bufsize))
+            if not more:  # end of stream: the reads that follow will say so
+                return False
+            self._data, self._start = self._data[self._start :] + more, 0
+            have = self.buffered
+        return have >= size

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftpd.core.files import Upload
-from ftpd.errors import BadRequestError, ConflictError, ProtocolError
+from ftpd.errors import BadRequestError, ConflictError, ProtocolError, QuotaExceededError
 from ftpd.framed import protocol, streams
 from ftpd.framed.protocol import OK, READY_FOR_DATA, Request, Response
 from ftpd.logs import clean
@@ -61,14 +61,18 @@ def receive_upload(h: FramedSession, request: Request) -> None:
         h.settle()  # the same path again: the first must be installed before this begins
     try:
         upload = files.upload(args["path"], size, digest, resume=resume)
-    except ConflictError:
+    except (ConflictError, QuotaExceededError):
         if not h.commits:
             raise
-        h.settle()  # the target may be one of our puts waiting (by another path: a link)
+        # The target may be one of our puts waiting (by another path: a link), or the
+        # room may be held by them (a replaced file frees its bytes only once installed).
+        h.settle()
         upload = files.upload(args["path"], size, digest, resume=resume)
     deferred = False
     try:
         if inline:
+            if h.commits and not h.body_ready(size):
+                h.settle()  # never wait on the client with puts unanswered
             _receive(h, upload, size)
             put = PendingPut(
                 upload, args["checksum"], args.get("mtime"), request, h._header, h._started

@@ -17,8 +17,12 @@ that commits a batch of pipelined uploads (``ftpd.framed`` does, see
 ``syncfs`` also writes back other files' dirty data, e.g. a large upload in progress;
 uploads start the writeback of what they receive as they go (``start_writeback``), so
 little is ever left for a flush to wait on, and a large upload's own final flush is
-shorter too.  Where ``syncfs`` is missing (not Linux) each caller ``fsync``s its own
-descriptors: correct, only not shared.
+shorter too (data dirtied by other programs on the same file system still counts: keep
+the homes on a file system of their own).  A ``syncfs`` reports write-back errors by
+file system, and only those after the descriptor it was given was opened, so after it
+each file's own error state is read too (``sync_file_range``, which waits on nothing
+by then).  Where ``syncfs`` is missing (not Linux) or does not report errors (Linux
+before 5.8), each caller ``fsync``s its own descriptors: correct, only not shared.
 
 This module must never release a waiter early: a caller joins a flush that has not
 started yet (after its writes), and is released only when that very flush has ended.
@@ -30,6 +34,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import stat as stat_mod
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -51,6 +56,7 @@ _sync_file_range: Any
 if _libc is not None and hasattr(_libc, "sync_file_range"):
     _sync_file_range = _libc.sync_file_range
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    _sync_file_range.restype = ctypes.c_int
 else:  # pragma: no cover - not Linux
     _sync_file_range = None
 
@@ -78,7 +84,7 @@ class _Round:
 
     def __init__(self) -> None:
         self.done = False
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
 
 class Flusher:
@@ -114,7 +120,7 @@ class Flusher:
         self._lock.release()
         try:
             syncfs(fd)  # looked up at each call: tests record the flushes through it
-        except OSError as exc:
+        except BaseException as exc:  # whatever it is, nobody in the round is durable
             round_.error = exc
         finally:
             self._lock.acquire()
@@ -137,16 +143,48 @@ def flusher(dev: int) -> Flusher:
         return found
 
 
+def _kernel_reports_syncfs_errors() -> bool:
+    """Linux 5.8 and later report write-back errors from ``syncfs``; before, only
+    ``fsync`` of each file does."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
+
+
+#: Whether flushes are shared (``syncfs``) or each descriptor is ``fsync``ed.
+SHARED = _libc is not None and _kernel_reports_syncfs_errors()
+_WAIT_ALL = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
+
+
+def _check_written(fd: int) -> None:
+    """Raise the write-back error of this file, if its pages failed to reach the disk
+    (after the shared flush has written them, this only waits on nothing and reads
+    the file's own error state: a ``syncfs`` reports errors by file system, and only
+    those that happened after the descriptor it was given was opened)."""
+    if _sync_file_range is not None and _sync_file_range(fd, 0, 0, _WAIT_ALL) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def flush(fds: Iterable[int]) -> None:
     """Make durable everything written so far on the file systems of ``fds`` (files
-    or folders): one shared flush per file system, or ``fsync`` of each without
-    ``syncfs``."""
-    if _libc is None:  # pragma: no cover - not Linux
+    or folders): one shared flush per file system, then each file's own write-back
+    error checked; or ``fsync`` of each where ``syncfs`` cannot be trusted to report
+    errors (not Linux, Linux before 5.8)."""
+    if not SHARED:
         for fd in fds:
             os.fsync(fd)
         return
-    by_dev: dict[int, int] = {}
+    by_dev: dict[int, list[int]] = {}
+    files: list[int] = []
     for fd in fds:
-        by_dev.setdefault(os.fstat(fd).st_dev, fd)
-    for dev, fd in by_dev.items():
-        flusher(dev).flush(fd)
+        st = os.fstat(fd)
+        by_dev.setdefault(st.st_dev, []).append(fd)
+        if stat_mod.S_ISREG(st.st_mode):
+            files.append(fd)
+    for dev, group in by_dev.items():
+        flusher(dev).flush(group[0])
+    for fd in files:
+        _check_written(fd)

@@ -345,3 +345,81 @@ def test_a_two_phase_put_is_answered_only_after_its_flushes(
         conn.close()
     assert (srv.project.home("bob") / "big.bin").read_bytes() == local.read_bytes()
     journal.check_durable_before_answer("big.bin")
+
+
+def test_puts_are_answered_when_the_next_request_stalls_half_sent(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    """A client that pipelines and then stalls inside the next frame (its header, or
+    its body) must not keep the puts before it unanswered, nor their claims held."""
+    srv = server_factory(fsync=True)
+    sock = _login(srv)
+    first = b"".join(_inline_put(f"s{i}", b"s" * (100 + i)) for i in range(3))
+    stalled = _inline_put("s-late", b"L" * 5000)
+    for cut in (2, 60, len(stalled) - 100):  # in the length, in the header, in the body
+        sock.sendall(first + stalled[:cut])
+        answers = [read_frame(sock) for _ in range(3)]  # would time out if held
+        assert [a["code"] for a in answers] == [200] * 3, answers
+        sock.sendall(stalled[cut:])
+        assert read_frame(sock)["code"] == 200
+    other = _login(srv)  # nothing is held: the same targets can be uploaded at once
+    other.sendall(_inline_put("s0", b"again"))
+    assert read_frame(other)["code"] == 200
+    other.close()
+    sock.close()
+
+
+def test_a_batch_that_replaces_files_is_not_refused_for_room_it_frees(
+    server_factory: Callable[..., RunningServer], journal: Journal
+) -> None:
+    """carol (1 MiB) replaces a 600 KB file and adds 300 KB in one pipelined batch: one
+    at a time both fit, so together they must too (the replaced bytes are freed once
+    the first is installed; the second waits for that, not for a refusal)."""
+    srv = server_factory(fsync=True)
+    sock = _login_as(srv, "carol")
+    sock.sendall(_inline_put("a", bytes(600_000)))
+    assert read_frame(sock)["code"] == 200
+    sock.sendall(_inline_put("a", b"\1" * 300_000) + _inline_put("b", bytes(300_000)))
+    answers = [read_frame(sock) for _ in range(2)]
+    assert [a["code"] for a in answers] == [200, 200], answers
+    quota = call_ok(sock, "quota")["data"]
+    assert quota["used"] == 600_000 and quota["reserved"] == 0, quota
+    sock.close()
+
+
+def test_flusher_reports_any_failure_of_the_flush_to_its_whole_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only OSError: a waiter must never be told "durable" by a flush that raised."""
+    disk = SlowDisk()
+    calls = {"n": 0}
+
+    def syncfs(fd: int) -> None:
+        calls["n"] += 1
+        disk(fd)
+        if calls["n"] == 2:
+            raise RuntimeError("the flush went wrong")
+
+    monkeypatch.setattr(flush, "syncfs", syncfs)
+    flusher = flush.Flusher()
+    first = threading.Thread(target=flusher.flush, args=(0,))
+    first.start()
+    assert disk.started.wait(TIMEOUT)
+    outcomes: list[str] = []
+
+    def wait_one() -> None:
+        try:
+            flusher.flush(0)
+            outcomes.append("durable")
+        except RuntimeError:
+            outcomes.append("failed")
+
+    waiters = [threading.Thread(target=wait_one) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    wait_until(lambda: flusher.requests == 4)
+    disk.hold.set()
+    first.join(TIMEOUT)
+    for t in waiters:
+        t.join(TIMEOUT)
+    assert outcomes == ["failed"] * 3
