@@ -147,6 +147,7 @@ class SlowDisk:
         self.started = threading.Event()
         self.calls = 0
         self.fail_call: int | None = None
+        self.failure: BaseException = OSError(5, "Input/output error")
 
     def __call__(self, fd: int) -> None:
         self.calls += 1
@@ -154,7 +155,7 @@ class SlowDisk:
         self.started.set()
         assert self.hold.wait(TIMEOUT)
         if call == self.fail_call:
-            raise OSError(5, "Input/output error")
+            raise self.failure
 
 
 def test_flusher_serves_waiters_with_the_next_flush_and_never_an_earlier_one(
@@ -184,24 +185,31 @@ def test_flusher_serves_waiters_with_the_next_flush_and_never_an_earlier_one(
     assert flusher.flushes == 2
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(5, "Input/output error"), RuntimeError("the flush went wrong")],
+    ids=["oserror", "any-exception"],
+)
 def test_flusher_reports_a_failed_flush_to_every_waiter_it_covered(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, failure: BaseException
 ) -> None:
+    """Whatever the flush raised, no waiter of its round is told "durable"; the next
+    round is a new flush."""
     disk = SlowDisk()
-    disk.fail_call = 2
+    disk.fail_call, disk.failure = 2, failure
     monkeypatch.setattr(flush, "syncfs", disk)
     flusher = flush.Flusher()
     first = threading.Thread(target=flusher.flush, args=(0,))
     first.start()
     assert disk.started.wait(TIMEOUT)
-    outcomes: list[str] = []
+    outcomes: list[BaseException | None] = []
 
     def wait_one() -> None:
         try:
             flusher.flush(0)
-            outcomes.append("ok")
-        except OSError as exc:
-            outcomes.append(f"errno {exc.errno}")
+            outcomes.append(None)
+        except BaseException as exc:  # collected, checked below
+            outcomes.append(exc)
 
     waiters = [threading.Thread(target=wait_one) for _ in range(4)]
     for t in waiters:
@@ -211,7 +219,7 @@ def test_flusher_reports_a_failed_flush_to_every_waiter_it_covered(
     first.join(TIMEOUT)
     for t in waiters:
         t.join(TIMEOUT)
-    assert outcomes == ["errno 5"] * 4
+    assert outcomes == [failure] * 4
     flusher.flush(0)  # the next flush is a new one: it succeeds
     assert disk.calls == 3
 
@@ -387,39 +395,25 @@ def test_a_batch_that_replaces_files_is_not_refused_for_room_it_frees(
     sock.close()
 
 
-def test_flusher_reports_any_failure_of_the_flush_to_its_whole_round(
-    monkeypatch: pytest.MonkeyPatch,
+def test_an_oversize_frame_after_pipelined_puts_is_refused_after_their_answers(
+    server_factory: Callable[..., RunningServer], journal: Journal
 ) -> None:
-    """Not only OSError: a waiter must never be told "durable" by a flush that raised."""
-    disk = SlowDisk()
-    calls = {"n": 0}
-
-    def syncfs(fd: int) -> None:
-        calls["n"] += 1
-        disk(fd)
-        if calls["n"] == 2:
-            raise RuntimeError("the flush went wrong")
-
-    monkeypatch.setattr(flush, "syncfs", syncfs)
-    flusher = flush.Flusher()
-    first = threading.Thread(target=flusher.flush, args=(0,))
-    first.start()
-    assert disk.started.wait(TIMEOUT)
-    outcomes: list[str] = []
-
-    def wait_one() -> None:
-        try:
-            flusher.flush(0)
-            outcomes.append("durable")
-        except RuntimeError:
-            outcomes.append("failed")
-
-    waiters = [threading.Thread(target=wait_one) for _ in range(3)]
-    for t in waiters:
-        t.start()
-    wait_until(lambda: flusher.requests == 4)
-    disk.hold.set()
-    first.join(TIMEOUT)
-    for t in waiters:
-        t.join(TIMEOUT)
-    assert outcomes == ["failed"] * 3
+    """A length prefix past the header limit, or a truncated one, behind a batch: the
+    puts before it are answered and installed first, then the frame is refused."""
+    srv = server_factory(fsync=True)
+    home = srv.project.home("alice")
+    for tail in (b"\xff\xff\xff\xff", b"\x00\x00"):
+        sock = _login(srv)
+        names = [f"o{len(tail)}-{i}" for i in range(3)]
+        sock.sendall(b"".join(_inline_put(n, n.encode()) for n in names) + tail)
+        if len(tail) < 4:
+            sock.shutdown(socket.SHUT_WR)  # the prefix stays truncated for good
+        answers = [read_frame(sock) for _ in names]
+        assert [a["code"] for a in answers] == [200] * 3, answers
+        if len(tail) == 4:
+            refusal = read_frame(sock)
+            assert refusal["code"] == 431 and refusal["error"] == "header_too_large", refusal
+        sock.close()
+        for n in names:
+            assert (home / n).read_bytes() == n.encode()
+            journal.check_durable_before_answer(n)
