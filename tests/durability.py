@@ -85,9 +85,11 @@ def journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal]:
         return replaced
 
     def send(self: FramedSession, response: Any, body: bytes = b"") -> None:
-        real_send(self, response, body)
+        # Recorded just before the bytes leave: the client may read the answer (and the
+        # test inspect the journal) before a record made after sending would exist.
         if response.ok and response.message.startswith("stored "):
             j.add("answer", response.data["path"].rsplit("/", 1)[-1])
+        real_send(self, response, body)
 
     monkeypatch.setattr(flush, "syncfs", syncfs)
     monkeypatch.setattr(LocalUpload, "seal", seal)

@@ -23,9 +23,10 @@ def ftp_journal(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> Journal:  
     real_send = FTPSession.send
 
     def send(self: FTPSession, reply: Any) -> None:
-        real_send(self, reply)
+        # Recorded before sending, for the reason given in tests/durability.py.
         if reply.code == 226 and reply.text.startswith("stored "):
             journal.add("answer", reply.text.split(":")[0].rsplit("/", 1)[-1])
+        real_send(self, reply)
 
     monkeypatch.setattr(FTPSession, "send", send)
     return journal
