@@ -620,6 +620,9 @@ class Upload:
         self._extra: list[Reservation] = []  # steps reserved as bytes arrive (size None)
         self._room = 0  # bytes reserved in those steps and not written yet
         self._transfer = files.runtime.transfer()
+        #: The store hashes what it holds itself (S3's md5, saved per part): this
+        #: upload reads its hasher instead of hashing every byte a second time.
+        self._kept = stored.keeps_digest(digest)
         new_entry = 0 if stored.target_exists else 1
         need = 0 if self.streaming else self.size - self.offset
         try:
@@ -634,6 +637,9 @@ class Upload:
         """The digest of the bytes already held (a resume), or None when there are none."""
         if not self.offset:
             return None
+        if self._kept:
+            with about(self.shown):
+                return str(self.stored.hasher().hexdigest())
         if not self._prefix_hashed:
             with about(self.shown):
                 restored = self.stored.read_prefix(self.hasher)
@@ -721,11 +727,12 @@ class Upload:
 
     def write(self, data: memoryview) -> None:
         """Hash and store the next bytes (see the class docstring for errors)."""
-        if self.offset and not self._prefix_hashed:
+        if self.offset and not self._prefix_hashed and not self._kept:
             self.prefix_checksum()
         if self.streaming:
             self._hold(len(data))
-        self.hasher.update(data)
+        if not self._kept:
+            self.hasher.update(data)
         self.claim.touch()
         if self.error is not None:
             return
@@ -770,13 +777,17 @@ class Upload:
     def _verify(self, checksum: str | None) -> str:
         """The whole-file digest, checked against the client's (the first half of a
         commit).  Raises as ``commit`` does; a mismatch deletes the partial."""
-        if self.offset and not self._prefix_hashed:
+        if self.offset and not self._prefix_hashed and not self._kept:
             self.prefix_checksum()
         if self.error is not None:
             if self.error.errno in _DISK_FULL:
                 self._delta -= self.stored.discard()
             raise from_oserror(self.error, self.shown)
-        actual = str(self.hasher.hexdigest())
+        if self._kept:
+            with about(self.shown):
+                actual = str(self.stored.hasher().hexdigest())
+        else:
+            actual = str(self.hasher.hexdigest())
         if checksum is not None and actual != checksum:
             self._delta -= self.stored.discard()
             raise ChecksumError(

@@ -112,6 +112,16 @@ class StoredUpload(Protocol):
         return another hasher already there (a store that saved the hash state instead
         of keeping bytes it can read back); None: ``hasher`` is the one."""
 
+    def keeps_digest(self, name: str) -> bool:
+        """Whether the store itself hashes every byte it holds with the digest ``name``
+        (an object store that saves the hash state at part boundaries): the caller then
+        asks ``hasher`` rather than hashing the bytes a second time.  An answer of True
+        holds for the upload's whole life (restarts and truncations included)."""
+
+    def hasher(self) -> Any:
+        """With ``keeps_digest``: a hasher fed exactly the bytes held now (``offset``
+        and every byte written since), for the caller to read, not to feed."""
+
     def restart(self) -> int: ...
     def truncate(self, offset: int) -> int: ...
     def seed(self, nbytes: int) -> int: ...

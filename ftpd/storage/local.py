@@ -1029,6 +1029,13 @@ class LocalUpload:
                 os.setxattr(self._fd, _XATTR_TARGET, target)
         return self._fd
 
+    def keeps_digest(self, name: str) -> bool:
+        """Never: the caller hashes, and a resume reads the partial back (``read_prefix``)."""
+        return False
+
+    def hasher(self) -> Any:
+        raise NotImplementedError("a local partial keeps no digest; see read_prefix")
+
     def read_prefix(self, hasher: Any) -> None:
         """Feed the ``offset`` bytes already held to ``hasher`` (a resume's check)."""
         buf = bytearray(min(_CHUNK, self.offset) or 1)

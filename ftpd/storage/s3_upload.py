@@ -11,7 +11,9 @@ A resume, on this node or any other, must answer the digest of the bytes held, b
 parts of a pending multipart upload cannot be read back. So each part task, on the pool
 and in order, also feeds a running md5 (``ftpd.storage.s3_hashstate``: libcrypto's
 ``MD5_Update`` on a context we own, GIL released) and keeps its state at the part
-boundary (the context's bytes). The
+boundary (the context's bytes). For md5 that running hash is the upload's only one:
+``keeps_digest`` tells the core so, and it reads ``hasher()`` instead of hashing every
+byte a second time in the session thread. The
 upload's state (``.ftpd/partial/<hash>.<size>.json``, ``ftpd.storage.s3_partials``)
 names the multipart upload, the parts stored (in order, never past a gap, with their
 ETags) and the hash state at their end; the pool writes it as parts land (one write at a
@@ -280,7 +282,7 @@ class S3Upload:
                 "UploadId"
             ]
 
-    def _hash_part(self, number: int, body: bytes) -> None:
+    def _hash_part(self, number: int, body: bytearray) -> None:
         """Feed part ``number`` to the running hash once the parts before it are in, and
         keep the state at its end.  Parts are submitted in order to a FIFO pool, so the
         one before is always running or done: this waits on nothing else."""
@@ -295,7 +297,7 @@ class S3Upload:
                 self._hashed = max(self._hashed, number)
                 self._hash_turn.notify_all()
 
-    def _put_part(self, number: int, body: bytes) -> str:
+    def _put_part(self, number: int, body: bytearray) -> str:
         """Hash and store one part (on the pool); returns its ETag."""
         self._hash_part(number, body)
         tree = self.tree
@@ -315,7 +317,10 @@ class S3Upload:
         if self._uid is None:
             self._create()
         self._staged.append(len(self._buf))
-        body, self._buf = bytes(self._buf), bytearray()  # bytes: what every client takes
+        # The buffer itself is the body, not a copy: botocore sends a bytes-like body
+        # in one piece, without the ``Expect: 100-continue`` round trip it adds for
+        # file-like ones (bytes become a BytesIO), and signs it as it is.
+        body, self._buf = self._buf, bytearray()
         number = len(self._staged)
         self._inflight.append((number, self.tree.storage.pool.submit(self._put_part, number, body)))
 
@@ -366,6 +371,21 @@ class S3Upload:
         self._buf = bytearray(data) + self._buf
 
     # --- the StoredUpload interface -------------------------------------------------------
+
+    def keeps_digest(self, name: str) -> bool:
+        """md5 (when its state can be saved here): the running hash on the pool is the
+        upload's, so the session does not hash the same bytes again.  It stays so:
+        ``_fresh`` starts a new one whenever the first could (``s3_hashstate.new``)."""
+        return name == SAVED_DIGEST and self._hasher is not None
+
+    def hasher(self) -> Any:
+        """The running hash once the parts in flight are in, fed the buffer (a copy)."""
+        self._settle(0)
+        self._take_back()
+        assert self._hasher is not None, "keeps_digest said no"
+        current = self._hasher.copy()
+        current.update(self._buf)
+        return current
 
     def read_prefix(self, hasher: Any) -> Any:
         """The hasher of the ``offset`` bytes held: the one restored from the state
@@ -506,7 +526,7 @@ class S3Upload:
         args: dict[str, Any] = {
             "Bucket": tree.bucket,
             "Key": self._key,
-            "Body": bytes(self._buf),
+            "Body": self._buf,
             "Metadata": metadata,
         }
         if tree.store.if_none_match:
@@ -541,7 +561,7 @@ class S3Upload:
                     Key=self._key,
                     UploadId=self._uid,
                     PartNumber=number,
-                    Body=bytes(self._buf),
+                    Body=self._buf,
                 )
                 done.append({"PartNumber": number, "ETag": answer["ETag"]})
             answer = client.complete_multipart_upload(

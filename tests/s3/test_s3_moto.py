@@ -19,12 +19,21 @@ from ftpd.storage.s3_objects import MAX_PARTS, MIN_PART  # noqa: E402
 MiB = 1 << 20
 
 
+def _bytes_body(params: dict[str, object], **kwargs: object) -> None:
+    if isinstance(params.get("Body"), bytearray):
+        params["Body"] = bytes(params["Body"])  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Storage]:
     for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(name, raising=False)
     with moto.mock_aws():
         store = S3Storage(None, "edge", "p/", "us-east-1", "testing", "testing")
+        # moto (through werkzeug) takes a request body of bytes, str or a form, never a
+        # bytearray, which the backend hands botocore to send its buffers uncopied.
+        for operation in ("UploadPart", "PutObject"):
+            store.client.meta.events.register(f"before-parameter-build.s3.{operation}", _bytes_body)
         store.client.create_bucket(Bucket="edge")
         store.store.copy_limit = 6 * MiB  # stands in for CopyObject's 5 GiB
         store.store.copy_part = MIN_PART

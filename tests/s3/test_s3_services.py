@@ -206,3 +206,60 @@ def test_requests_of_a_small_put_and_a_big_one(services: Services, storage: S3St
     with files.download("d/big.bin") as down:
         assert down.checksum == md5(data)
     assert_in_step(files)
+
+
+class CountingHasher:
+    """A hasher that counts the bytes it is fed (the session's own, when it hashes)."""
+
+    fed = 0
+
+    def __init__(self, name: str) -> None:
+        self.inner = hashlib.new(name)
+        self.name = name
+
+    def update(self, data: Any) -> None:
+        CountingHasher.fed += len(data)
+        self.inner.update(data)
+
+    def copy(self) -> Any:
+        return self.inner.copy()
+
+    def hexdigest(self) -> str:
+        return self.inner.hexdigest()
+
+
+def test_each_byte_is_hashed_once_and_the_digest_survives_resume_and_rest(
+    services: Services, weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """md5 is the store's running hash (saved per part): the session feeds its own
+    hasher nothing, and the digest stays right across an interrupted upload, a resume
+    on another session, a REST into the bytes after the stored parts and a restart.
+    Another digest (sha1) is hashed by the session as before."""
+    monkeypatch.setattr("ftpd.core.files.new_hasher", CountingHasher)
+    files = session(services)
+    data = os.urandom(9 * MiB + 11)
+    up = files.upload("h.bin", len(data))
+    up.write(memoryview(data[: 8 * MiB + MiB // 2]))  # one part stored, half a MiB held
+    up.abort()
+    up = session(services).upload("h.bin", len(data))
+    assert up.offset == 8 * MiB + MiB // 2
+    assert up.prefix_checksum() == md5(data[: up.offset])
+    up.seek(8 * MiB + 100)  # REST inside the bytes held after the part
+    assert up.prefix_checksum() == md5(data[: 8 * MiB + 100])
+    up.write(memoryview(data[8 * MiB + 100 :]))
+    assert up.commit(md5(data)) == md5(data)
+    assert md5(get(weed, files.tree.home + "h.bin")) == md5(data)
+    assert CountingHasher.fed == 0
+
+    up = files.upload("h.bin", len(data), resume=False)
+    up.write(memoryview(os.urandom(8 * MiB + 5)))
+    up.restart()  # the client's source changed
+    up.write(memoryview(data))
+    assert up.commit(md5(data)) == md5(data)
+    assert CountingHasher.fed == 0
+
+    up = files.upload("s.bin", len(data), digest="sha1")
+    up.write(memoryview(data))
+    assert up.commit(hashlib.sha1(data).hexdigest())
+    assert CountingHasher.fed == len(data)
+    assert_in_step(files)
