@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any
 
+from ftpd.core.files import claim_key
+from ftpd.core.runtime import Runtime
 from ftpd.framed import protocol
 
 TIMEOUT = 5.0
@@ -60,6 +62,21 @@ def wait_until(predicate: Any, timeout: float = TIMEOUT) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)  # polling an external condition, not synchronising
+
+
+def wait_upload_released(runtime: Runtime, user: str, path: str, timeout: float = TIMEOUT) -> None:
+    """Until the upload of ``user``'s ``path`` (no links on the way) has let go of its claim.
+
+    For an upload whose connection was cut: its session settles it on its own time.  The
+    claim goes last (``Upload._release``: the transfer count, then the quota and the
+    partial, then the claim), so once it is free the partial, the quota and the claim are
+    all final.  ``transfers == 0`` is not enough: the count drops first, and a test that
+    sees it may still find the quota unsettled or get a 409 for the same path.  Only for
+    an upload known to hold its claim (its 150 was read): a free claim proves nothing
+    before that.
+    """
+    key = claim_key(user, tuple(part for part in path.split("/") if part))
+    wait_until(lambda: not runtime.claims.held(key), timeout)
 
 
 class LogRecords(logging.Handler):

@@ -23,6 +23,7 @@ from ftpd import errors
 from ftpd.framed.protocol import READY_FOR_DATA, Data, End, Request, Response
 from ftpd.storage.local import PARTIAL_DIR, LocalTree
 from tests.conftest import RunningServer
+from tests.support import wait_upload_released
 
 
 def scan_usage(home):  # bytes under a home, by descriptor
@@ -203,7 +204,7 @@ def test_quota_partial_of_interrupted_upload_counts(
     cut.sock.sendall(data[: 300 * KiB])
     wait_until(lambda: sum(p.stat().st_size for p in partials(home)) == 300 * KiB)
     cut.close()
-    wait_until(lambda: server.server.transfers == 0)
+    wait_upload_released(server.server.runtime, "carol", "part.bin", timeout=10)
     conn = server.login("carol")
 
     assert quota(conn) == {
@@ -234,7 +235,7 @@ def test_quota_resume_of_partial_reserves_only_the_rest(server: RunningServer, h
     cut.sock.sendall(data[: 500 * KiB])
     wait_until(lambda: sum(p.stat().st_size for p in partials(home)) == 500 * KiB)
     cut.close()
-    wait_until(lambda: server.server.transfers == 0)
+    wait_upload_released(server.server.runtime, "carol", "part.bin", timeout=10)
     conn = server.login("carol")
     conn.call(
         "put",
@@ -367,10 +368,11 @@ def test_quota_rm_of_an_interrupted_upload_gives_its_space_back(server, tmp_path
     conn.send(Data(len(payload), 0))
     conn.sock.sendall(payload[:400_000])
     conn.close()  # cut mid-body: the partial stays, resumable, and counts
+    # The quota is settled before the claim is let go: a quota that shows the partial
+    # does not mean the claim is free yet (rm would be a 409 "being uploaded").
+    wait_upload_released(server.server.runtime, "carol", "big.bin", timeout=10)
     other = server.login("carol")
-    deadline = time.monotonic() + 10
-    while other.call("quota").data["used"] < 400_000:
-        assert time.monotonic() < deadline, "the partial never showed in the quota"
+    assert other.call("quota").data["used"] == 400_000
     assert other.call("rm", path="big.bin").message == "removed the interrupted upload of /big.bin"
     assert other.call("quota").data["used"] == 0
     with pytest.raises(errors.NotFoundError):

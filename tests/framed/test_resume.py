@@ -28,7 +28,7 @@ from ftp_client.connection import Connection
 from ftpd.framed.protocol import Data, Request
 from ftpd.storage.local import PARTIAL_DIR
 from tests.conftest import PASSWORDS, DaemonProcess, RunningServer
-from tests.support import LogRecords
+from tests.support import LogRecords, wait_upload_released
 
 MiB = 1024 * 1024
 BIG = 30 * MiB + 123
@@ -310,7 +310,7 @@ def cut_upload(server: RunningServer, user: str, remote: str, data: bytes, sent:
     home = server.project.home(user)
     wait_until(lambda: partial_size(server_partials(home)) == sent, what="partial written")
     conn.close()
-    wait_until(lambda: server.server.transfers == 0, what="server noticed the drop")
+    wait_upload_released(server.server.runtime, user, remote, timeout=20)  # drop settled
     assert not (home / remote).exists()
 
 

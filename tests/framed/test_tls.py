@@ -229,7 +229,11 @@ def test_tls_over_limit_closed_before_handshake_without_a_thread(
     # Two clients that connect and never start a handshake hold both slots: a handshake
     # in progress counts against the limits.
     stalled = [socket.create_connection(address, timeout=TIMEOUT_S) for _ in range(2)]
-    wait_until(lambda: server.server.session_count == 2)
+    # Counted at accept, before its thread starts: wait for both threads to run (each
+    # registers its session first thing), or a late one would count as the flood's.
+    wait_until(
+        lambda: server.server.session_count == 2 and len(server.server.runtime._sessions) == 2
+    )
     threads = threading.active_count()
     flood = [socket.create_connection(address, timeout=TIMEOUT_S) for _ in range(50)]
     try:

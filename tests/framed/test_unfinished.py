@@ -15,7 +15,7 @@ from ftpd.core.files import sweep_partials
 from ftpd.framed import protocol
 from ftpd.storage.local import PARTIAL_DIR
 from tests.conftest import RunningServer
-from tests.support import wait_until
+from tests.support import wait_until, wait_upload_released
 
 MiB = 1024 * 1024
 DAY = 24 * 3600
@@ -36,7 +36,7 @@ def interrupted(server: RunningServer, name: str, size: int, sent: int) -> None:
     home = server.project.home("alice")
     wait_until(lambda: any(p.stat().st_size == sent for p in partials(home)))
     cut.close()
-    wait_until(lambda: server.server.transfers == 0)
+    wait_upload_released(server.server.runtime, "alice", name)  # its quota settled too
 
 
 def age(home: Path, seconds: float) -> None:
