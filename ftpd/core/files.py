@@ -842,6 +842,10 @@ class Upload:
             elif self._delta:
                 self.files.ledger.adjust(self._delta, 0)
         finally:
+            # Closing may still store bytes (on S3, the buffer as the tail object): the
+            # claim's lease counts from here, so that a slow close does not look like a
+            # stalled upload that another node may take over.
+            self.claim.touch()
             self.stored.close()
             self.claim.release()
             self.files.claimed.discard(claim_key(self.files.user.name, self.stored.parts))

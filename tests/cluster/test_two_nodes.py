@@ -83,6 +83,18 @@ def _lease_left(cluster: Cluster, node: str) -> float:
     return float(row[0])
 
 
+def _claims(cluster: Cluster, name: str) -> int:
+    """Upload claims held on any node for targets named ``name``."""
+    import psycopg
+
+    with psycopg.connect(cluster.dsn, connect_timeout=5) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ftpd_claim WHERE key LIKE %s", ("%" + name,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_file_put_through_a_is_listed_and_fetched_through_b(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -189,8 +201,12 @@ def test_upload_interrupted_on_a_resumes_on_b(cluster: Cluster, tmp_path: Path) 
         a.sock.shutdown(socket.SHUT_WR)  # the connection drops mid-body
     finally:
         a.close()
+    # Node A stores what it received (its buffer as the tail), then lets go of its
+    # claim.  Until then node B would get a 409 (put_file waits), or, if A took longer
+    # than takeover_after, take the claim over and resume from the parts alone: never
+    # wrong, but not the case this test is about.
+    wait_until(lambda: _claims(cluster, "resumed.bin") == 0, timeout=20)
     with cluster.b.login("bob") as b:
-        # Busy (409) while A still stores what it received: put_file waits for it.
         result = transfer.put_file(b, src, "resumed.bin")
     assert result.offset > 0, "node B restarted the upload from byte 0"
     assert result.offset == cut, "node B did not see every byte node A received"
