@@ -31,6 +31,8 @@ ACCESS_KEY = "ftpd-test-key"
 SECRET_KEY = "ftpd-test-secret-0123456789"
 BUCKET = "ftpd"
 START_TIMEOUT_S = 60.0
+#: Volumes small enough that the tests' data directory stays small.
+VOLUME_MB = 64
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ def _identities(path: Path) -> None:
     path.write_text(json.dumps({"identities": [identity]}))
 
 
-def _start(binary: str, top: Path) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
+def _start(
+    binary: str, top: Path, volume_mb: int = VOLUME_MB
+) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
     """``weed mini`` on free loopback ports, its files under ``top``."""
     servers = ["master", "volume", "filer", "s3", "admin"]
     flags = [f"{name}.port{grpc}" for name in servers for grpc in ("", ".grpc")]
@@ -141,7 +145,7 @@ def _start(binary: str, top: Path) -> tuple[subprocess.Popen[bytes], dict[str, i
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64",
+        f"-master.volumeSizeLimitMB={volume_mb}",
         "-webdav=false",
         "-admin.ui=false",
         "-s3.port.iceberg=0",
