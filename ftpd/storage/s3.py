@@ -551,7 +551,7 @@ class S3Tree:
             if self._dir_entry(parts) is not None:
                 raise ConflictError("is a directory")
             raise NotFoundError("no such file or directory")
-        return S3Reader(self.client, self.bucket, self.key(parts), head)
+        return S3Reader(self.client, self.bucket, self.key(parts), head, self.storage.pool)
 
     # --- uploads ------------------------------------------------------------------------
 

@@ -48,6 +48,9 @@ COPY_PART = 512 * MiB
 #: One ranged GET of a download.
 READ_WINDOW = 16 * MiB
 READ_CHUNK = MiB
+#: A download opens its next window this many bytes before the end of the one it reads
+#: (on the storage's pool), so the store's time to the first byte of the next is hidden.
+READ_AHEAD_AT = 4 * MiB
 #: Keys per DeleteObjects (S3's limit) and requests run at once by one operation.
 DELETE_BATCH = 1000
 FAN_OUT = 16
@@ -384,10 +387,22 @@ class S3Reader:
     """An object open for a download: ranged GETs of ``READ_WINDOW`` bytes, read as they
     arrive, so memory stays flat whatever the size.  Every GET names the ETag seen at
     open (``If-Match``): an object replaced meanwhile fails the download, never mixes
-    two versions.  Owned by the caller, one thread at a time."""
+    two versions.  Near the end of a window the next one is opened on ``pool`` (its
+    body is not read until it is needed, so it holds a connection, not memory).  Owned
+    by the caller, one thread at a time."""
 
-    def __init__(self, client: Any, bucket: str, key: str, head: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        head: dict[str, Any],
+        pool: Executor | None = None,
+    ) -> None:
         self._client = client
+        self._pool = pool
+        #: The next window, opened ahead: (start, end, the GET's future).
+        self._next: tuple[int, int, Future[Any]] | None = None
         self._bucket = bucket
         self._key = key
         self._etag = head["ETag"]
@@ -440,12 +455,13 @@ class S3Reader:
         for attempt in range(3):
             if self._body is None or self._body_pos != self._pos or self._pos >= self._body_end:
                 self._drop()
-                end = min(self.size, self._pos + READ_WINDOW)
-                self._body, self._body_pos, self._body_end = (
-                    self._open(self._pos, end),
-                    self._pos,
-                    end,
-                )
+                if not self._take_next():
+                    end = min(self.size, self._pos + READ_WINDOW)
+                    self._body, self._body_pos, self._body_end = (
+                        self._open(self._pos, end),
+                        self._pos,
+                        end,
+                    )
             try:
                 data = self._body.read(min(READ_CHUNK, self._body_end - self._pos))
             except FTPError:
@@ -456,9 +472,33 @@ class S3Reader:
                 data = b""
             if data:
                 self._body_pos += len(data)
+                self._read_ahead()
                 return bytes(data)
             self._drop()  # ended early: open again from here
         raise UnavailableError("the object store ended a download early")
+
+    def _read_ahead(self) -> None:
+        """Open the window after this one on the pool once this one is nearly read."""
+        end = self._body_end
+        if self._pool is None or self._next is not None or end >= self.size:
+            return
+        if end - self._body_pos > READ_AHEAD_AT:
+            return
+        stop = min(self.size, end + READ_WINDOW)
+        self._next = (end, stop, self._pool.submit(self._open, end, stop))
+
+    def _take_next(self) -> bool:
+        """Go on with the window opened ahead if it starts at the position and its GET
+        has begun (a pool busy with other work: open it here instead); else drop it."""
+        ahead, self._next = self._next, None
+        if ahead is None:
+            return False
+        start, end, future = ahead
+        if start != self._pos or future.cancel():
+            _discard(future)
+            return False
+        self._body, self._body_pos, self._body_end = future.result(), start, end
+        return True
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         view = memoryview(buf).cast("B")
@@ -515,9 +555,24 @@ class S3Reader:
 
     def close(self) -> None:
         self._drop()
+        if self._next is not None:
+            _discard(self._next[2])
+            self._next = None
 
     def __enter__(self) -> S3Reader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _discard(future: Future[Any]) -> None:
+    """Close the body of a GET opened ahead and not needed, whenever it arrives."""
+
+    def close(done: Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            with contextlib.suppress(Exception):
+                done.result().close()
+
+    if not future.cancel():
+        future.add_done_callback(close)

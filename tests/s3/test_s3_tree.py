@@ -10,6 +10,8 @@ import hashlib
 import io
 import os
 import threading
+from concurrent.futures import Executor, Future
+from typing import Any
 
 import pytest
 
@@ -902,3 +904,101 @@ def test_missing_bucket_and_unreachable_store(weed: Weed, prefix: str) -> None:
             down.prepare()
     finally:
         down.close()
+
+
+# --- downloads: windows opened ahead --------------------------------------------------
+
+
+@pytest.fixture
+def small_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows of 1 MiB read in 256 KiB chunks, the next opened 512 KiB before the end:
+    a few MiB cross several windows."""
+    from ftpd.storage import s3_objects
+
+    monkeypatch.setattr(s3_objects, "READ_WINDOW", MiB)
+    monkeypatch.setattr(s3_objects, "READ_CHUNK", 256 * 1024)
+    monkeypatch.setattr(s3_objects, "READ_AHEAD_AT", 512 * 1024)
+
+
+class InlinePool(Executor):
+    """Runs each task as it is submitted, and keeps the ranges of the GETs it ran: which
+    windows were opened ahead, without depending on when a pool thread gets to them."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[int, int]] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.ran.append(args[:2])
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, as a pool does
+            future.set_exception(exc)
+        return future
+
+
+def test_download_opens_the_next_window_ahead_on_the_pool(
+    weed: Weed, storage: S3Storage, tree: S3Tree, small_windows: None
+) -> None:
+    data = os.urandom(3 * MiB + 5)
+    store(tree, ("w.bin",), data)
+    sent: list[str] = []
+    storage.client.meta.events.register(
+        "before-parameter-build.s3.GetObject",
+        lambda params, **_: sent.append(str(params.get("Range"))),
+    )
+    pool = storage.pool
+    storage.pool = InlinePool()  # type: ignore[assignment]
+    out = bytearray()
+    try:
+        with tree.open_read(("w.bin",)) as reader:
+            buf = bytearray(100_000)  # not a divisor of any window: reads straddle them
+            while n := reader.readinto(buf):
+                out += buf[:n]
+        ahead = storage.pool.ran  # type: ignore[attr-defined]
+    finally:
+        storage.pool = pool
+    assert md5(bytes(out)) == md5(data)
+    windows = [(s, min(s + MiB, len(data))) for s in range(0, len(data), MiB)]
+    assert sent == [f"bytes={s}-{e - 1}" for s, e in windows]  # each window once, in order
+    assert ahead == windows[1:]  # every window after the first was opened ahead
+
+
+def test_download_seeking_away_drops_the_window_opened_ahead(
+    weed: Weed, storage: S3Storage, tree: S3Tree, small_windows: None
+) -> None:
+    data = os.urandom(3 * MiB)
+    store(tree, ("s.bin",), data)
+    with tree.open_read(("s.bin",)) as reader:
+        assert reader.read(MiB - 100_000) == data[: MiB - 100_000]  # the next is opened
+        reader.seek(100)  # back into the first window
+        assert reader.read(200) == data[100:300]
+        reader.seek(2 * MiB + 7)  # past the window opened ahead
+        assert reader.read() == data[2 * MiB + 7 :]
+        reader.seek(MiB - 10)
+        assert reader.read(20) == data[MiB - 10 : MiB + 10]
+
+
+def test_download_of_an_object_replaced_meanwhile_fails_not_mixes(
+    weed: Weed, tree: S3Tree, small_windows: None
+) -> None:
+    data = os.urandom(3 * MiB)
+    store(tree, ("r.bin",), data)
+    with tree.open_read(("r.bin",)) as reader:
+        first = reader.read(MiB - 200_000)  # the second window is opened ahead
+        store(tree, ("r.bin",), os.urandom(3 * MiB))  # replaced: another ETag
+        with pytest.raises((ConflictError, UnavailableError, NotFoundError)):
+            reader.read()
+    assert first == data[: MiB - 200_000]
+
+
+def test_download_closed_with_a_window_opened_ahead(
+    weed: Weed, storage: S3Storage, tree: S3Tree, small_windows: None
+) -> None:
+    data = os.urandom(2 * MiB)
+    store(tree, ("c.bin",), data)
+    for _ in range(5):  # each close lets go of the GET opened ahead
+        with tree.open_read(("c.bin",)) as reader:
+            assert reader.read(MiB - 1) == data[: MiB - 1]
+    with tree.open_read(("c.bin",)) as reader:
+        assert reader.read() == data
