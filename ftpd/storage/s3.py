@@ -17,9 +17,12 @@ multipart upload, in tags set after completion and bound to its ETag.
 What each operation costs (requests; P = parts of an upload, 8 MiB each by default):
 
 =====================  ==============================================================
-lookup / stat          1 HEAD for a file; a folder 2 (HEAD file, HEAD marker), +1 LIST
-                       when only its contents imply it; a missing name +1-3 for its
-                       folder
+lookup                 1 HEAD for a file; any other name +1 LIST of the keys below it
+                       beside its folder's check (1 HEAD of that folder's marker, on
+                       the pool side by side), +1 HEAD of its own marker when it has
+                       one (the folder's mtime)
+stat                   1 HEAD for a file; a folder 2 (HEAD file, HEAD marker), +1 LIST
+                       when only its contents imply it
 ls                     1 LIST per 1,000 names, then 1 HEAD per entry (the mtime lives
                        in metadata), 16 at a time; through the file service +1 LIST of
                        unfinished uploads and the folder's lookups: 7 for one file
@@ -37,7 +40,7 @@ set mtime              a file: 1 CopyObject onto itself (metadata only, but the 
 get                    1 HEAD, then 1 ranged GET per 16 MiB read
 put <= one part        1 PutObject at commit, conditional on what the lookup saw
                        (If-None-Match / If-Match; a HEAD only when that fails), after
-                       the lookups and 1 LIST of unfinished uploads: 6 requests for a
+                       the lookups and 1 LIST of unfinished uploads: 5 requests for a
                        new name (3 when it replaces a file) through the file service
 put of P parts         1 CreateMultipartUpload, P UploadPart (``parts_in_flight`` at a
                        time) and small state PUTs (one at a time) as they land; at commit
@@ -64,9 +67,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ftpd.errors import (
     ConflictError,
@@ -106,6 +109,7 @@ from ftpd.storage.s3_partials import PARTIAL_FOLDER, PartialStates
 from ftpd.storage.s3_upload import S3Upload
 
 logger = logging.getLogger(__name__)
+R = TypeVar("R")
 
 #: How long a lookup's answer stands in for ``begin_upload``'s own (same thread).
 SEEN_S = 2.0
@@ -114,6 +118,14 @@ FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 # --- the backend --------------------------------------------------------------------------
+
+
+def _answer(future: Future[R], call: Callable[..., R], *args: Any) -> R:
+    """The result of a request handed to the pool, or of the same request made here when
+    the pool has not begun it (busy with uploads' parts: waiting would be slower)."""
+    if future.cancel():
+        return call(*args)
+    return future.result()
 
 
 class S3Storage:
@@ -275,13 +287,43 @@ class S3Tree:
         if head is not None:
             mtime = self.store.mtime(self.key(parts), head)
             entry: Entry | None = Entry(parts[-1], "file", head["ContentLength"], mtime, FILE_MODE)
-        else:
+        elif not parts:
             entry = self._dir_entry(parts)
-            if entry is None:
-                self.require_dir(parts[:-1])
+        else:
+            entry = self._not_a_file(parts)
         if parts and (entry is None or entry.kind == "file"):
             self._seen.last = (self.key(parts), head, time.monotonic())
         return Found(parts, entry)
+
+    def _not_a_file(self, parts: Parts) -> Entry | None:
+        """What ``parts`` is when no file has its key: the folder there, or None when
+        the name is free in an existing folder (a new upload's case).  One LIST of the
+        keys below the name (a marker is one of them: its HEAD follows only when it is
+        there, for the folder's mtime) runs on the pool while this thread checks the
+        folder the name would be in: a new name costs two requests after the file's
+        HEAD, side by side.
+
+        Raises:
+            NotFoundError, ConflictError: no folder there, and the one it would be in is
+                missing or a file.
+        """
+        prefix = self.dir_key(parts)
+        below = self.storage.pool.submit(self.store.list_page, prefix, 1)
+        refused: FTPError | None = None
+        try:
+            self.require_dir(parts[:-1])
+        except FTPError as exc:  # only if nothing is there either
+            refused = exc
+        page = _answer(below, self.store.list_page, prefix, 1)
+        listed = page.get("Contents", [])
+        if listed and listed[0]["Key"] == prefix:  # the folder's marker
+            head = self.store.head(prefix)
+            return Entry(parts[-1], "dir", 0, mtime_of(head) if head else 0.0, DIR_MODE)
+        if listed or page.get("CommonPrefixes") or page.get("KeyCount"):
+            return Entry(parts[-1], "dir", 0, 0.0, DIR_MODE)
+        if refused is not None:
+            raise refused
+        return None
 
     def listdir(self, parts: Parts) -> Iterator[Entry]:
         """The entries of a folder, sorted by name; reserved names are never shown.

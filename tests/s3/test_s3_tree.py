@@ -84,6 +84,26 @@ def test_lookup_files_folders_and_missing(filled: S3Tree) -> None:
         filled.lookup(("docs", "a.txt", "x"))
 
 
+def test_lookup_of_a_name_no_file_has_asks_the_rest_at_once(
+    storage: S3Storage, filled: S3Tree, home: str
+) -> None:
+    """A name with no file (a new upload's target): the keys below it (a folder's marker
+    among them) are listed on the pool while the session checks the folder it would be
+    in; the answers are those of one question after another."""
+    pool = storage.pool
+    storage.pool = InlinePool()  # type: ignore[assignment]
+    try:
+        assert filled.lookup(("docs", "new")).entry is None
+        assert storage.pool.ran == [(home + "docs/new/", 1)]  # type: ignore[attr-defined]
+        assert filled.lookup(("docs", "sub")).entry.kind == "dir"  # type: ignore[union-attr]
+        with pytest.raises(NotFoundError):
+            filled.lookup(("missing", "x"))
+        with pytest.raises(ConflictError):
+            filled.lookup(("docs", "a.txt", "x"))
+    finally:
+        storage.pool = pool
+
+
 def test_lookup_folder_implied_by_keys_below_it(weed: Weed, tree: S3Tree, home: str) -> None:
     """Keys written by another tool, with no marker: the folder exists all the same."""
     put(weed, home + "x/y/z.bin", b"zz")
