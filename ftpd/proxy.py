@@ -241,7 +241,9 @@ def sent_header(sock: socket.socket, deadline: float) -> bool:
             if want > 1:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
             data = sock.recv(len(V2_SIGNATURE), socket.MSG_PEEK)
-            verdict = sniff(data) if data else False
+            if len(data) < want:  # the stream ended (a FIN ends the low-water wait)
+                return False
+            verdict = sniff(data)
             if verdict is not None:
                 return verdict
             want = len(data) + 1

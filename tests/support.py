@@ -123,3 +123,18 @@ class LogRecords(logging.Handler):
                     got = "\n".join(r.getMessage() for r in self.records[-50:])
                     raise AssertionError(f"no log record matching {pattern!r}; got:\n{got}")
                 self._changed.wait(remaining)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes (EOF or reset) within ``seconds``, reading what comes."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        sock.settimeout(TIMEOUT)
+    return True

@@ -62,7 +62,9 @@ class Runtime:
                 return "the server is shutting down"
             if len(self._admitted) >= self.max_connections:
                 return "too many connections; try again later"
-            if sum(1 for peer in self._admitted.values() if peer == ip) >= self.max_per_ip:
+            if ip is not None and (
+                sum(1 for peer in self._admitted.values() if peer == ip) >= self.max_per_ip
+            ):  # a balancer's connections wait for their address: counted at ``place``
                 return "too many connections from your address"
             self._admitted[key] = ip
             return None

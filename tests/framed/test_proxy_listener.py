@@ -38,6 +38,7 @@ def v2(src: str = CLIENT, port: int = 2121, command: int = 0x1) -> bytes:
 def dial(srv: RunningServer, header: bytes = b"", source: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((source, 0))
     sock.connect((srv.host, srv.port))
     if header:
@@ -62,14 +63,6 @@ def sockets() -> Iterator[list[socket.socket]]:
     finally:
         for sock in held:
             sock.close()
-
-
-@pytest.fixture
-def balanced(server_factory: Callable[..., RunningServer]) -> Callable[..., RunningServer]:
-    def make(**overrides: Any) -> RunningServer:
-        return server_factory(proxy_protocol=["127.0.0.1"], **overrides)
-
-    return make
 
 
 @pytest.mark.parametrize("make_header", [v1, v2], ids=["v1", "v2"])

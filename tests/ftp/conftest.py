@@ -224,3 +224,14 @@ def _venv_tool(name: str) -> str | None:
 
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else None
+
+
+@pytest.fixture
+def balanced(ftp_factory: Callable[..., FTPRunning]) -> Callable[..., FTPRunning]:
+    """``make(trusted=None, **settings)``: an FTP listener that takes PROXY headers from
+    ``trusted`` (127.0.0.1 by default)."""
+
+    def make(trusted: list[str] | None = None, **settings: Any) -> FTPRunning:
+        return ftp_factory(ftp={"proxy_protocol": trusted or ["127.0.0.1"]}, **settings)
+
+    return make

@@ -19,7 +19,7 @@ import pytest
 from ftpd import proxy
 from tests.conftest import PASSWORDS
 from tests.ftp.conftest import FTPRunning
-from tests.support import LogRecords, wait_until
+from tests.support import LogRecords, closed_within, wait_until
 
 TIMEOUT = 5.0
 CLIENT = "203.0.113.7"
@@ -44,6 +44,7 @@ class Control:
     def __init__(self, srv: FTPRunning, header: bytes = b"", source: str = "127.0.0.1") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind((source, 0))
         self.sock.connect((srv.host, srv.port))
         if header:
@@ -71,6 +72,9 @@ class Control:
         except ConnectionResetError:
             return True
 
+    def closed_within(self, seconds: float) -> bool:
+        return closed_within(self.sock, seconds)
+
     def close(self) -> None:
         self.file.close()
         self.sock.close()
@@ -84,14 +88,6 @@ def controls() -> Iterator[list[Control]]:
     finally:
         for control in held:
             control.close()
-
-
-@pytest.fixture
-def balanced(ftp_factory: Callable[..., FTPRunning]) -> Callable[..., FTPRunning]:
-    def make(**settings: Any) -> FTPRunning:
-        return ftp_factory(ftp={"proxy_protocol": ["127.0.0.1"]}, **settings)
-
-    return make
 
 
 @pytest.mark.parametrize("make_header", [v1, v2], ids=["v1", "v2"])
