@@ -159,6 +159,9 @@ def test_pg_lost_commit_answer_is_settled_later(
     with pytest.raises(UnavailableError):
         a.claims.claim("alice/f", lambda: None)
     monkeypatch.setattr(psycopg.Connection, "commit", commit)
+    with pytest.raises(UnavailableError):  # known down: calls fail at once, not in 5 s
+        ledger.usage()
+    a.db.renew()  # the beat's probe finds it back
     assert ledger.usage() == Usage(0, 100, 0, 1)  # held, by nobody who knows it
     a.flush()
     assert ledger.usage() == Usage(0, 0, 0, 0)

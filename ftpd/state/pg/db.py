@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import socket
 import threading
 import time
@@ -42,16 +43,35 @@ T = TypeVar("T")
 
 #: What a client is told; the cause goes to the log (it names the database's address).
 UNAVAILABLE = "the server's shared state is unavailable; try again later"
+#: After a failed attempt, how long every ``run`` fails at once (the outage is known).
+RETRY_S = 2.0
 #: This node's lease ran out while it was cut off, and another node released its rows.
 LOST = "this server lost its hold on the shared state; try again"
 #: The time every node agrees on: the database's, or an injected clock (tests).
 NOW = "coalesce(%(now)s::float8, extract(epoch FROM statement_timestamp())::float8)"
 #: A node is alive while its lease has not run out (``c`` is the row naming the node).
 ALIVE = f"EXISTS (SELECT 1 FROM ftpd_node n WHERE n.node = c.node AND n.expires_at > {NOW})"
-ADJUST = """
+#: A write that may be sent twice (its commit's answer lost, then written again from the
+#: backlog) names a key, recorded in ``ftpd_applied`` in the same statement: it takes
+#: effect only where this CTE made a row, so it counts once however often it is sent.
+FIRST = (
+    "first AS (INSERT INTO ftpd_applied (key) VALUES (%(key)s)"
+    " ON CONFLICT (key) DO NOTHING RETURNING 1)"
+)
+#: How long an applied key is kept (a backlog is written long before that).
+APPLIED_KEEP = "7 days"
+ADJUST = f"""
+    WITH {FIRST}
     UPDATE ftpd_ledger SET used = greatest(0, used + %(nbytes)s),
         entries = greatest(0, entries + %(entries)s), version = version + 1
-    WHERE user_name = %(user)s"""
+    WHERE user_name = %(user)s AND EXISTS (SELECT 1 FROM first)"""
+
+
+def write_key(kind: str) -> str:
+    """A new key for a write that may be sent twice (``FIRST``)."""
+    return f"{kind}:{secrets.token_hex(12)}"
+
+
 _RELEASE_DEAD = f"""
     WITH gone AS (
         DELETE FROM ftpd_reservation c WHERE NOT {ALIVE}
@@ -141,6 +161,9 @@ class Database:
         self._lease_at: float | None = None
         self._released_at = -math.inf
         self._down_since: float | None = None
+        #: When the last attempt failed: for ``retry_s`` after it, ``run`` fails at once.
+        self._failed_at = -math.inf
+        self.retry_s = min(RETRY_S, timeout_s)
         self.backlog = Backlog()
         self._pool = ConnectionPool(
             dsn,
@@ -182,15 +205,27 @@ class Database:
 
     # --- running statements ---------------------------------------------------------------
 
-    def run(self, work: Callable[[Cursor], T], *, lease: bool = False) -> T:
+    def run(self, work: Callable[[Cursor], T], *, lease: bool = False, probe: bool = False) -> T:
         """Run ``work`` in one transaction, within ``timeout_s`` all told.
 
         ``lease``: the work writes rows naming this node, so the lease is renewed in the
         same transaction when it is due.  Whatever ``work`` raises rolls it back.
+        ``probe``: try even while the database is known to be down (the beat's lease and
+        backlog find out when it is back); other calls then fail at once.
 
         Raises:
             UnavailableError: no connection, no answer or no schema within the deadline.
         """
+        if (
+            not probe
+            and self._down_since is not None
+            and time.monotonic() - self._failed_at < self.retry_s
+        ):
+            # Down a moment ago: fail now rather than wait out the deadline again, so that
+            # an upload's settles and releases (each deferred to the backlog) and the
+            # client's error come within one deadline, not one per statement.  One call
+            # per ``retry_s`` (the beat's, or a session's) finds out whether it is back.
+            raise UnavailableError(UNAVAILABLE)
         deadline = time.monotonic() + self.timeout_s
         for _ in range(self.pool_max + 2):  # each stale pooled connection fails at once
             renew = lease and self._lease_due()
@@ -258,6 +293,7 @@ class Database:
 
     def _down(self, cause: str) -> UnavailableError:
         """The client's error; the cause is logged once per outage."""
+        self._failed_at = time.monotonic()
         if self._down_since is None:
             self._down_since = time.monotonic()
             logger.warning("STATE unavailable (PostgreSQL at %s): %s", where(self.dsn), cause)
@@ -278,8 +314,8 @@ class Database:
         )
 
     def renew(self) -> None:
-        """Renew this node's lease now."""
-        self.run(self._renew)
+        """Renew this node's lease now (a probe: it tries even while the database is down)."""
+        self.run(self._renew, probe=True)
         self._lease_at = self.tick()
 
     def release_expired(self, unless_within_s: float = 0.0) -> set[str]:
@@ -296,6 +332,7 @@ class Database:
             cur.execute(_RELEASE_DEAD, params)
             users = {str(row[0]) for row in cur.fetchall()}
             cur.execute(f"DELETE FROM ftpd_claim c WHERE NOT {ALIVE}", params)
+            cur.execute(f"DELETE FROM ftpd_applied WHERE at < now() - interval '{APPLIED_KEEP}'")
             cur.execute(f"DELETE FROM ftpd_node WHERE expires_at <= {NOW}", params)
             return users
 
@@ -378,6 +415,7 @@ class Backlog:
         logger.warning("STATE deferred a change until the database answers")
 
     def adjust(self, user: str, nbytes: int, entries: int) -> None:
+        """An adjust that surely did not reach the database (summed per user)."""
         with self._lock:
             self._add_adjust(user, nbytes, entries)
 
@@ -397,18 +435,21 @@ class Backlog:
         if not statements and not adjusts:
             return
 
+        # The sums get their keys now and keep them: written again after a lost answer,
+        # each statement counts once (``FIRST``).
+        statements += [
+            (ADJUST, {"key": write_key("adjust"), "user": user, "nbytes": n, "entries": e})
+            for user, (n, e) in adjusts.items()
+        ]
+
         def work(cur: Cursor) -> None:
             for sql, params in statements:
                 cur.execute(sql, params)
-            for user, (nbytes, entries) in adjusts.items():
-                cur.execute(ADJUST, {"user": user, "nbytes": nbytes, "entries": entries})
 
         try:
-            db.run(work)
+            db.run(work, probe=True)
         except BaseException:
             with self._lock:  # keep them, in order, ahead of newer ones
                 self._statements[:0] = statements
-                for user, (nbytes, entries) in adjusts.items():
-                    self._add_adjust(user, nbytes, entries)
             raise
         logger.info("STATE wrote %d deferred changes", len(statements) + len(adjusts))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ftpd.errors import ConflictError, QuotaExceededError, UnavailableError
 from ftpd.logs import clean
 from ftpd.state.base import Limits, Usage, check_room
-from ftpd.state.pg.db import ADJUST, LOST, CommitUnknownError
+from ftpd.state.pg.db import ADJUST, FIRST, LOST, CommitUnknownError, write_key
 
 if TYPE_CHECKING:
     from ftpd.state.pg.db import Cursor, Database
@@ -55,14 +55,20 @@ _RESERVE = """
     SELECT %(id)s, user_name, %(node)s, %(nbytes)s, %(entries)s FROM held RETURNING id"""
 # Settling in one statement: the row's hold is given back once (a row a dead node's
 # release already took gives nothing back), what was really added is counted.
-_SETTLE = """
-    WITH gone AS (DELETE FROM ftpd_reservation WHERE id = %(id)s RETURNING nbytes, entries)
+#: Settles a reservation once (its key is ``settle:<id>``): the room it still holds goes
+#: back (none if a dead node's release took it), and what the operation added counts.
+_SETTLE = f"""
+    WITH {FIRST},
+    gone AS (
+        DELETE FROM ftpd_reservation WHERE id = %(id)s AND EXISTS (SELECT 1 FROM first)
+        RETURNING nbytes, entries
+    )
     UPDATE ftpd_ledger SET
         reserved = reserved - coalesce((SELECT nbytes FROM gone), 0),
         reserved_entries = reserved_entries - coalesce((SELECT entries FROM gone), 0),
         used = greatest(0, used + %(nbytes)s), entries = greatest(0, entries + %(entries)s),
         version = version + 1
-    WHERE user_name = %(user)s"""
+    WHERE user_name = %(user)s AND EXISTS (SELECT 1 FROM first)"""
 _GROW = """
     WITH mine AS (
         UPDATE ftpd_reservation SET nbytes = nbytes + %(nbytes)s WHERE id = %(id)s
@@ -149,7 +155,14 @@ class PgLedger:
                 held, usage = self._db.run(work, lease=True)
             except CommitUnknownError:
                 self._db.backlog.add(
-                    _SETTLE, {"id": rid, "user": self.user, "nbytes": 0, "entries": 0}
+                    _SETTLE,
+                    {
+                        "key": f"settle:{rid}",
+                        "id": rid,
+                        "user": self.user,
+                        "nbytes": 0,
+                        "entries": 0,
+                    },
                 )
                 raise
             if held:
@@ -174,10 +187,17 @@ class PgLedger:
         when the database is away (the change already happened)."""
         if not nbytes and not entries:
             return
-        params = {"user": self.user, "nbytes": nbytes, "entries": entries}
+        params = {
+            "key": write_key("adjust"),
+            "user": self.user,
+            "nbytes": nbytes,
+            "entries": entries,
+        }
         try:
             self._db.run(lambda cur: cur.execute(ADJUST, params))
-        except UnavailableError:
+        except CommitUnknownError:  # it may be in: written again under its key, it counts once
+            self._db.backlog.add(ADJUST, params)
+        except UnavailableError:  # surely not in: summed with the others
             self._db.backlog.adjust(self.user, nbytes, entries)
 
     def changing(self) -> contextlib.AbstractContextManager[None]:
@@ -278,7 +298,13 @@ class PgReservation:
         if not self._open:
             return
         self._open = False
-        params = {"id": self.id, "user": self.ledger.user, "nbytes": nbytes, "entries": entries}
+        params = {
+            "key": f"settle:{self.id}",
+            "id": self.id,
+            "user": self.ledger.user,
+            "nbytes": nbytes,
+            "entries": entries,
+        }
         try:
             self.ledger._db.run(lambda cur: cur.execute(_SETTLE, params))
         except UnavailableError:

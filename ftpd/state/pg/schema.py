@@ -74,6 +74,14 @@ MIGRATIONS: tuple[str, ...] = (
         pending integer NOT NULL DEFAULT 0
     );
     """,
+    # 2: the keys of deferrable writes already applied (a settle or an adjust written
+    # again after its commit's answer was lost counts once: ``ftpd.state.pg.db.FIRST``).
+    """
+    CREATE TABLE ftpd_applied (
+        key text PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 )
 #: Every table the migrations make (tests empty them between cases).
 TABLES = (
@@ -84,6 +92,7 @@ TABLES = (
     "ftpd_upload",
     "ftpd_login_pair",
     "ftpd_login_address",
+    "ftpd_applied",
 )
 _VERSION_TABLE = """
     CREATE TABLE IF NOT EXISTS ftpd_schema_version (
