@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ class StorageConfig:
     region: str | None = None
     access_key_id: str | None = None  # or the usual AWS_* variables / credentials file
     secret_access_key: str | None = None
+    #: An upload's part (S3's minimum is 5 MiB) and how many of them are stored at once:
+    #: each upload holds up to ``part_size * (parts_in_flight + 1)`` bytes of memory.
+    part_size: int = 8 * 1024 * 1024
+    parts_in_flight: int = 8
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,26 @@ _SECTIONS: dict[str, tuple[type, tuple[str, ...], dict[str, tuple[str, ...]]]] =
 }
 
 
+def _part_size(value: Any) -> int:
+    size = parse_size(value)
+    if not 5 * 1024 * 1024 <= size <= 5 * 1024**3:
+        raise ValueError("must be from 5 MiB to 5 GiB (S3's limits for a part)")
+    return size
+
+
+def _parts_in_flight(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= 64:
+        raise ValueError("must be an integer from 1 to 64")
+    return value
+
+
+#: The keys of backend sections that are numbers, not strings: key -> its check.
+_SECTION_NUMBERS: dict[str, Callable[[Any], int]] = {
+    "part_size": _part_size,
+    "parts_in_flight": _parts_in_flight,
+}
+
+
 def _section(
     name: str, value: Any, doc: yamldoc.Doc, problems: list[tuple[str, int | None, str, str]]
 ) -> Any:
@@ -262,6 +287,11 @@ def _section(
             problems.append(
                 doc.problem(f"unknown key (known: {', '.join(sorted(known))})", name, key)
             )
+        elif key in _SECTION_NUMBERS:
+            try:
+                values[key] = _SECTION_NUMBERS[key](item)
+            except ValueError as exc:
+                problems.append(doc.problem(str(exc), name, key))
         elif item is not None and not isinstance(item, str):
             problems.append(doc.problem("must be a string", name, key))
         else:

@@ -83,6 +83,8 @@ def storage_for(config: ServerConfig) -> Storage:
             section.region,
             section.access_key_id,
             section.secret_access_key,
+            part_size=section.part_size,
+            parts_in_flight=section.parts_in_flight,
         )
         s3.prepare()
         return s3

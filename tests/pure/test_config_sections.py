@@ -33,6 +33,17 @@ def test_config_sections_s3_and_postgresql(tmp_path: Path) -> None:
     assert (cfg.storage.backend, cfg.storage.bucket, cfg.storage.prefix) == ("s3", "ftpd", "site/")
     assert cfg.storage.access_key_id is None  # the usual AWS_* variables then
     assert cfg.state.dsn == "postgresql://ftpd@127.0.0.1:5432/ftpd"
+    assert (cfg.storage.part_size, cfg.storage.parts_in_flight) == (8 << 20, 8)
+
+
+def test_config_storage_part_size_and_parts_in_flight(tmp_path: Path) -> None:
+    cfg = _load(
+        tmp_path,
+        "storage:\n  backend: s3\n  bucket: ftpd\n  part_size: 16MiB\n  parts_in_flight: 4\n",
+    )
+    assert (cfg.storage.part_size, cfg.storage.parts_in_flight) == (16 << 20, 4)
+    cfg = _load(tmp_path, "storage:\n  backend: s3\n  bucket: b\n  part_size: 5242880\n")
+    assert cfg.storage.part_size == 5 << 20
 
 
 @pytest.mark.parametrize(
@@ -45,6 +56,30 @@ def test_config_sections_s3_and_postgresql(tmp_path: Path) -> None:
         ("state:\n  backend: postgresql\n", 2, "state", "needed with backend: postgresql"),
         ("state:\n  backend: redis\n", 3, "state.backend", "must be one of local, postgresql"),
         ("state: [1]\n", 2, "state", "must be a mapping"),
+        (
+            "storage:\n  backend: s3\n  bucket: b\n  part_size: 4MiB\n",
+            5,
+            "storage.part_size",
+            "from 5 MiB to 5 GiB",
+        ),
+        (
+            "storage:\n  backend: s3\n  bucket: b\n  part_size: lots\n",
+            5,
+            "storage.part_size",
+            "bad size",
+        ),
+        (
+            "storage:\n  backend: s3\n  bucket: b\n  parts_in_flight: 0\n",
+            5,
+            "storage.parts_in_flight",
+            "from 1 to 64",
+        ),
+        (
+            "storage:\n  backend: s3\n  bucket: b\n  parts_in_flight: '4'\n",
+            5,
+            "storage.parts_in_flight",
+            "integer",
+        ),
     ],
 )
 def test_config_sections_mistakes_name_file_line_key(

@@ -14,7 +14,9 @@ from tests.conftest import DaemonProcess, Project
 from tests.s3.conftest import ACCESS_KEY, BUCKET, SECRET_KEY, Weed
 
 
-def _s3_config(project: Project, weed: Weed, prefix: str, home_root: str = "home") -> None:
+def _s3_config(
+    project: Project, weed: Weed, prefix: str, home_root: str = "home", **extra: object
+) -> None:
     project.write_config(
         home_root=home_root,
         storage={
@@ -25,6 +27,7 @@ def _s3_config(project: Project, weed: Weed, prefix: str, home_root: str = "home
             "region": "us-east-1",
             "access_key_id": ACCESS_KEY,
             "secret_access_key": SECRET_KEY,
+            **extra,
         },
     )
 
@@ -55,3 +58,15 @@ def test_s3_two_daemons_share_one_bucket(project: Project, weed: Weed, tmp_path:
     finally:
         node_a.stop()
         node_b.stop()
+
+
+def test_s3_part_size_and_parts_in_flight_from_the_config(project: Project, weed: Weed) -> None:
+    """``storage: part_size`` and ``parts_in_flight`` reach the backend the daemon builds."""
+    from ftpd.core.services import storage_for
+
+    _s3_config(project, weed, f"cfg-{uuid.uuid4().hex[:8]}/", part_size="5MiB", parts_in_flight=3)
+    storage = storage_for(project.load())
+    try:
+        assert (storage.part_size, storage.parts_in_flight) == (5 << 20, 3)  # type: ignore[attr-defined]
+    finally:
+        storage.close()  # type: ignore[attr-defined]
