@@ -67,6 +67,10 @@ class StateConfig:
 
     backend: str = "local"
     dsn: str | None = None
+    #: The longest a call waits for the database (a connection included) before the
+    #: client gets its 421/451; and the connections each node keeps at most.
+    timeout_s: float = 5.0
+    pool_max: int = 10
 
 
 @dataclass(frozen=True)
@@ -262,10 +266,24 @@ def _parts_in_flight(value: Any) -> int:
     return value
 
 
+def _state_timeout(value: Any) -> float:
+    if type(value) not in (int, float) or not 0.5 <= value <= 60:
+        raise ValueError("must be a number of seconds from 0.5 to 60")
+    return float(value)
+
+
+def _pool_max(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= 1000:
+        raise ValueError("must be an integer from 1 to 1000")
+    return value
+
+
 #: The keys of backend sections that are numbers, not strings: key -> its check.
-_SECTION_NUMBERS: dict[str, Callable[[Any], int]] = {
+_SECTION_NUMBERS: dict[str, Callable[[Any], float]] = {
     "part_size": _part_size,
     "parts_in_flight": _parts_in_flight,
+    "timeout_s": _state_timeout,
+    "pool_max": _pool_max,
 }
 
 

@@ -51,7 +51,12 @@ class Services:
             from ftpd.state.postgresql import PgState
 
             assert config.state.dsn is not None  # checked when the file was read
-            shared = PgState(config.state.dsn, takeover_after=config.takeover_after)
+            shared = PgState(
+                config.state.dsn,
+                pool_max=config.state.pool_max,
+                timeout_s=config.state.timeout_s,
+                takeover_after=config.takeover_after,
+            )
             ledgers, claims = shared.ledgers, shared.claims
             throttle = shared.throttle(*limits, max_failures_per_ip=per_ip, wait_s=wait_s)
         else:

@@ -4,9 +4,10 @@ PostgreSQL), the database stopped and started by the test (docs/scale-out.md, "F
 modes").  ``tests/pg/test_pg_outage.py`` covers the state objects themselves; here it is
 what clients see, that the daemon survives and recovers, and that no quota drifts.
 
-The first call to find the database gone waits the state's deadline (5 s); the calls
-after it fail at once while the beat probes, so a test's calls during an outage still
-run side by side where they could meet that first wait.
+The first call to find the database gone waits the state's deadline (``state:
+timeout_s``, 2 s here); the calls after it fail at once while the beat probes, so a
+test's calls during an outage still run side by side where they could meet that first
+wait.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from tests.pg.conftest import Nodes, PgServer
 from tests.pure.test_ledger import Counter
 from tests.support import call, read_frame, wait_until
 
-TIMEOUT_S = 20.0  # a socket's: an outage costs the state's deadline (5 s) per call
-DEADLINE_S = 5.0 + 3.0  # the state's deadline and slack for a loaded machine
+STATE_TIMEOUT_S = 2.0  # ``state: timeout_s`` of these daemons (the default is 5)
+TIMEOUT_S = 20.0  # a socket's
+DEADLINE_S = STATE_TIMEOUT_S + 3.0  # the state's deadline and slack for a loaded machine
 
 
 @pytest.fixture
@@ -49,7 +51,8 @@ def shared(ftp_factory: Callable[..., FTPRunning], dsn: str) -> Iterator[Callabl
     made: list[FTPRunning] = []
 
     def make(**settings: Any) -> FTPRunning:
-        running = ftp_factory(state={"backend": "postgresql", "dsn": dsn}, **settings)
+        state = {"backend": "postgresql", "dsn": dsn, "timeout_s": STATE_TIMEOUT_S}
+        running = ftp_factory(state=state, **settings)
         made.append(running)
         return running
 

@@ -46,6 +46,14 @@ def test_config_storage_part_size_and_parts_in_flight(tmp_path: Path) -> None:
     assert cfg.storage.part_size == 5 << 20
 
 
+def test_config_state_timeout_and_pool(tmp_path: Path) -> None:
+    assert (config.StateConfig().timeout_s, config.StateConfig().pool_max) == (5.0, 10)
+    cfg = _load(
+        tmp_path, "state:\n  backend: postgresql\n  dsn: x\n  timeout_s: 1.5\n  pool_max: 20\n"
+    )
+    assert (cfg.state.timeout_s, cfg.state.pool_max) == (1.5, 20)
+
+
 @pytest.mark.parametrize(
     ("text", "line", "key", "words"),
     [
@@ -56,6 +64,24 @@ def test_config_storage_part_size_and_parts_in_flight(tmp_path: Path) -> None:
         ("state:\n  backend: postgresql\n", 2, "state", "needed with backend: postgresql"),
         ("state:\n  backend: redis\n", 3, "state.backend", "must be one of local, postgresql"),
         ("state: [1]\n", 2, "state", "must be a mapping"),
+        (
+            "state:\n  backend: postgresql\n  dsn: x\n  timeout_s: 0\n",
+            5,
+            "state.timeout_s",
+            "from 0.5 to 60",
+        ),
+        (
+            "state:\n  backend: postgresql\n  dsn: x\n  timeout_s: soon\n",
+            5,
+            "state.timeout_s",
+            "seconds",
+        ),
+        (
+            "state:\n  backend: postgresql\n  dsn: x\n  pool_max: 0\n",
+            5,
+            "state.pool_max",
+            "from 1 to 1000",
+        ),
         (
             "storage:\n  backend: s3\n  bucket: b\n  part_size: 4MiB\n",
             5,
