@@ -58,8 +58,10 @@ FIRST = (
     "first AS (INSERT INTO ftpd_applied (key) VALUES (%(key)s)"
     " ON CONFLICT (key) DO NOTHING RETURNING 1)"
 )
-#: How long an applied key is kept (a backlog is written long before that).
-APPLIED_KEEP = "7 days"
+#: How long an applied key is kept: a backlog is written again within an outage, and lost
+#: with its node; a day is far past both.  (One row per settle and adjust: indexed by age,
+#: so the beat's delete of the old ones reads only those.)
+APPLIED_KEEP = "1 day"
 ADJUST = f"""
     WITH {FIRST}
     UPDATE ftpd_ledger SET used = greatest(0, used + %(nbytes)s),

@@ -81,6 +81,7 @@ MIGRATIONS: tuple[str, ...] = (
         key text PRIMARY KEY,
         at timestamptz NOT NULL DEFAULT now()
     );
+    CREATE INDEX ftpd_applied_at ON ftpd_applied (at);
     """,
 )
 #: Every table the migrations make (tests empty them between cases).
