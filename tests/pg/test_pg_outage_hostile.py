@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from ftpd.errors import UnavailableError
 from ftpd.framed.protocol import READY_FOR_DATA, Data, End, Request
 from ftpd.state.base import Limits, Usage
 from tests.conftest import PASSWORDS
@@ -324,3 +325,24 @@ def test_pg_adjust_whose_answer_was_lost_counts_once(
     undo()
     a.flush()
     assert ledger.usage() == Usage(700, 0, 4, 0)
+
+
+def test_pg_backlog_whose_flush_answer_was_lost_counts_once(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adjusts summed in the backlog during an outage, then a flush whose commit reached
+    the database but whose answer was lost: written again, they count once."""
+    a = nodes(clock=None, timeout_s=1.0)
+    ledger = a.ledgers.ledger("alice", Counter(1000, 5))
+    ledger.usage()
+    a.db._down_since = a.db._failed_at = time.monotonic()  # known down: no attempt made
+    ledger.adjust(-100, -1)
+    ledger.adjust(-200, -1)  # summed with the first
+    assert len(a.db.backlog) == 1
+    undo = _lose_commit_answers(monkeypatch)
+    with pytest.raises(UnavailableError):
+        a.flush()  # committed; the node does not know it
+    undo()
+    a.flush()  # written again under the same key
+    assert len(a.db.backlog) == 0
+    assert ledger.usage() == Usage(700, 0, 3, 0)

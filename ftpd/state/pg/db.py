@@ -437,21 +437,27 @@ class Backlog:
         if not statements and not adjusts:
             return
 
-        # The sums get their keys now and keep them: written again after a lost answer,
-        # each statement counts once (``FIRST``).
-        statements += [
+        # The sums get their keys now (``FIRST``): written again after a lost answer,
+        # each counts once.
+        summed = [
             (ADJUST, {"key": write_key("adjust"), "user": user, "nbytes": n, "entries": e})
             for user, (n, e) in adjusts.items()
         ]
 
         def work(cur: Cursor) -> None:
-            for sql, params in statements:
+            for sql, params in statements + summed:
                 cur.execute(sql, params)
 
         try:
             db.run(work, probe=True)
-        except BaseException:
-            with self._lock:  # keep them, in order, ahead of newer ones
-                self._statements[:0] = statements
+        except CommitUnknownError:
+            with self._lock:  # maybe in: kept with their keys, ahead of newer ones
+                self._statements[:0] = statements + summed
             raise
-        logger.info("STATE wrote %d deferred changes", len(statements) + len(adjusts))
+        except BaseException:
+            with self._lock:  # surely not in: kept as they were (the sums stay sums)
+                self._statements[:0] = statements
+                for user, (nbytes, entries) in adjusts.items():
+                    self._add_adjust(user, nbytes, entries)
+            raise
+        logger.info("STATE wrote %d deferred changes", len(statements) + len(summed))
