@@ -57,10 +57,6 @@ def build_server(cfg: ServerConfig, services: Services | None = None) -> FramedS
         raise OSError(
             exc.errno, f"cannot listen on {cfg.host} port {cfg.port}: {exc.strerror}"
         ) from None
-    host, port = server.server_address[:2]
-    users = len(services.accounts.users)
-    tls = cfg.tls is not None
-    logger.info("LISTENING host=%s port=%d tls=%s users=%d", host, port, tls, users)
     if cfg.tls is None and not config_mod.is_loopback(cfg.host):
         logger.warning(
             "TLS is off and the daemon listens on %s: passwords cross the network in clear; "
@@ -91,10 +87,7 @@ def build_ftp_server(cfg: ServerConfig, services: Services) -> FTPServer | None:
             return context
 
     server = FTPServer(cfg, services, tls_factory=factory)
-    host, port = server.server_address[:2]
-    passive = "{}-{}".format(*cfg.ftp.passive_ports)
-    tls = cfg.tls is not None
-    logger.info("LISTENING ftp host=%s port=%d passive=%s tls=%s", host, port, passive, tls)
+    host = server.server_address[0]
     if cfg.tls is None and not config_mod.is_loopback(str(host)):
         logger.warning(
             "TLS is off and the FTP listener is on %s: passwords and files cross the "
@@ -185,6 +178,19 @@ def sweep_forever(services: Services, stop: threading.Event) -> None:
             logger.exception("SWEEP failed")
 
 
+def announce(cfg: ServerConfig, server: FramedServer, ftp: FTPServer | None) -> None:
+    """The LISTENING lines, once everything answers: the listeners and the control
+    socket (scripts wait for these lines, then may run ``ftpd reload`` at once)."""
+    host, port = server.server_address[:2]
+    users = len(server.services.accounts.users)
+    tls = cfg.tls is not None
+    logger.info("LISTENING host=%s port=%d tls=%s users=%d", host, port, tls, users)
+    if ftp is not None and cfg.ftp is not None:
+        host, port = ftp.server_address[:2]
+        passive = "{}-{}".format(*cfg.ftp.passive_ports)
+        logger.info("LISTENING ftp host=%s port=%d passive=%s tls=%s", host, port, passive, tls)
+
+
 def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status (0 after a graceful stop)."""
     notifier = notifier or Notifier()
@@ -227,6 +233,7 @@ def run(cfg: ServerConfig, notifier: Notifier | None = None) -> int:
         reload=request_reload,
         services=server.services,
     )
+    announce(cfg, server, ftp)
     rejected = False  # the last reload was refused: `systemctl status` says so until the next
 
     def status() -> str:
