@@ -638,8 +638,7 @@ class Upload:
         if not self.offset:
             return None
         if self._kept:
-            with about(self.shown):
-                return str(self.stored.hasher().hexdigest())
+            return str(self._kept_hasher().hexdigest())
         if not self._prefix_hashed:
             with about(self.shown):
                 restored = self.stored.read_prefix(self.hasher)
@@ -647,6 +646,11 @@ class Upload:
                 self.hasher = restored
             self._prefix_hashed = True
         return str(self.hasher.copy().hexdigest())
+
+    def _kept_hasher(self) -> Any:
+        """The store's hasher of every byte held (``keeps_digest``), a copy to read."""
+        with about(self.shown):
+            return self.stored.hasher()
 
     def restart(self) -> None:
         """The client's source changed: drop what is held and start from byte 0."""
@@ -783,11 +787,7 @@ class Upload:
             if self.error.errno in _DISK_FULL:
                 self._delta -= self.stored.discard()
             raise from_oserror(self.error, self.shown)
-        if self._kept:
-            with about(self.shown):
-                actual = str(self.stored.hasher().hexdigest())
-        else:
-            actual = str(self.hasher.hexdigest())
+        actual = str((self._kept_hasher() if self._kept else self.hasher).hexdigest())
         if checksum is not None and actual != checksum:
             self._delta -= self.stored.discard()
             raise ChecksumError(

@@ -67,9 +67,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from ftpd.errors import (
     ConflictError,
@@ -98,6 +98,7 @@ from ftpd.storage.s3_objects import (
     PARTS_IN_FLIGHT,
     Bucket,
     S3Reader,
+    answer,
     error_code,
     fan_out,
     make_client,
@@ -109,7 +110,6 @@ from ftpd.storage.s3_partials import PARTIAL_FOLDER, PartialStates
 from ftpd.storage.s3_upload import S3Upload
 
 logger = logging.getLogger(__name__)
-R = TypeVar("R")
 
 #: How long a lookup's answer stands in for ``begin_upload``'s own (same thread).
 SEEN_S = 2.0
@@ -118,14 +118,6 @@ FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 # --- the backend --------------------------------------------------------------------------
-
-
-def _answer(future: Future[R], call: Callable[..., R], *args: Any) -> R:
-    """The result of a request handed to the pool, or of the same request made here when
-    the pool has not begun it (busy with uploads' parts: waiting would be slower)."""
-    if future.cancel():
-        return call(*args)
-    return future.result()
 
 
 class S3Storage:
@@ -314,12 +306,12 @@ class S3Tree:
             self.require_dir(parts[:-1])
         except FTPError as exc:  # only if nothing is there either
             refused = exc
-        page = _answer(below, self.store.list_page, prefix, 1)
+        page = answer(below, self.store.list_page, prefix, 1)
         listed = page.get("Contents", [])
         if listed and listed[0]["Key"] == prefix:  # the folder's marker
             head = self.store.head(prefix)
             return Entry(parts[-1], "dir", 0, mtime_of(head) if head else 0.0, DIR_MODE)
-        if listed or page.get("CommonPrefixes") or page.get("KeyCount"):
+        if listed:  # keys below it, no marker
             return Entry(parts[-1], "dir", 0, 0.0, DIR_MODE)
         if refused is not None:
             raise refused

@@ -182,6 +182,14 @@ def fan_out(
         yield pending.popleft().result()
 
 
+def answer(future: Future[R], call: Callable[..., R], *args: Any) -> R:
+    """The result of a request handed to the pool, or of the same request made here when
+    the pool has not begun it (busy with uploads' parts: waiting would be slower)."""
+    if future.cancel():
+        return call(*args)
+    return future.result()
+
+
 def make_client(
     endpoint_url: str | None,
     region: str | None,
@@ -488,16 +496,20 @@ class S3Reader:
         self._next = (end, stop, self._pool.submit(self._open, end, stop))
 
     def _take_next(self) -> bool:
-        """Go on with the window opened ahead if it starts at the position and its GET
-        has begun (a pool busy with other work: open it here instead); else drop it."""
+        """Go on with the window opened ahead if it starts at the position (opened here
+        if the pool, busy with other work, has not begun it); else drop it."""
         ahead, self._next = self._next, None
         if ahead is None:
             return False
         start, end, future = ahead
-        if start != self._pos or future.cancel():
+        if start != self._pos:
             _discard(future)
             return False
-        self._body, self._body_pos, self._body_end = future.result(), start, end
+        self._body, self._body_pos, self._body_end = (
+            answer(future, self._open, start, end),
+            start,
+            end,
+        )
         return True
 
     def readinto(self, buf: memoryview | bytearray) -> int:

@@ -9,6 +9,7 @@ signature.  127.0.0.1 is the trusted balancer; 127.0.0.2 is anyone else.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import ssl
 import struct
@@ -60,18 +61,24 @@ def v2(src: str = CLIENT, command: int = 0x1, version: int = 0x2, extra: bytes =
 LOGIN = frame({"cmd": "login", "args": {"user": "alice", "password": PASSWORDS["alice"]}})
 
 
+def login_in_one_segment(
+    srv: RunningServer, log_records: LogRecords, header: bytes, ip: str
+) -> None:
+    """The header and the login frame in one send: the frame is not swallowed (the
+    greeting, then the login sent before the greeting was read), and ``ip`` logs in."""
+    with sockets() as held:
+        sock = dial(srv, header + LOGIN)
+        held.append(sock)
+        assert read_frame(sock)["ok"]
+        assert read_frame(sock)["ok"]
+        log_records.wait_for(rf"LOGIN OK user='alice' ip={re.escape(ip)}")
+
+
 @pytest.mark.parametrize("make_header", [v1, v2], ids=["v1", "v2"])
 def test_proxy_header_and_first_frame_in_one_segment(
     balanced: Callable[..., RunningServer], log_records: LogRecords, make_header: Any
 ) -> None:
-    """The header and the login frame in one send: the frame is not swallowed."""
-    srv = balanced()
-    with sockets() as held:
-        sock = dial(srv, make_header() + LOGIN)
-        held.append(sock)
-        assert read_frame(sock)["ok"]  # the greeting
-        assert read_frame(sock)["ok"]  # the login, sent before the greeting was read
-        log_records.wait_for(rf"LOGIN OK user='alice' ip={CLIENT}")
+    login_in_one_segment(balanced(), log_records, make_header(), CLIENT)
 
 
 @pytest.mark.parametrize("make_header", [v1, v2], ids=["v1", "v2"])
@@ -171,26 +178,14 @@ def test_proxy_ipv6_source_is_the_session_address(
 def test_proxy_unknown_and_local_keep_the_balancer_and_lose_no_frame(
     balanced: Callable[..., RunningServer], log_records: LogRecords, header: bytes
 ) -> None:
-    srv = balanced()
-    with sockets() as held:
-        sock = dial(srv, header + LOGIN)
-        held.append(sock)
-        assert read_frame(sock)["ok"]
-        assert read_frame(sock)["ok"]
-        log_records.wait_for(r"LOGIN OK user='alice' ip=127\.0\.0\.1")
+    login_in_one_segment(balanced(), log_records, header, "127.0.0.1")
 
 
 def test_proxy_v2_with_tlvs_is_taken_and_the_frame_after_kept(
     balanced: Callable[..., RunningServer], log_records: LogRecords
 ) -> None:
-    srv = balanced()
     tlvs = b"\x04" + struct.pack(">H", 8) + b"\xff" * 8 + b"\x02\x00\x0bexample.com"
-    with sockets() as held:
-        sock = dial(srv, v2(extra=tlvs) + LOGIN)
-        held.append(sock)
-        assert read_frame(sock)["ok"]
-        assert read_frame(sock)["ok"]
-        log_records.wait_for(rf"LOGIN OK user='alice' ip={CLIENT}")
+    login_in_one_segment(balanced(), log_records, v2(extra=tlvs), CLIENT)
 
 
 def test_proxy_cidr_entry_trusts_the_network(

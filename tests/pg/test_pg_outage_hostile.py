@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +61,20 @@ def shared(ftp_factory: Callable[..., FTPRunning], dsn: str) -> Iterator[Callabl
     yield make
     for running in made:
         running.services.close()
+
+
+def stor_started(
+    srv: FTPRunning, name: str, first: bytes
+) -> tuple[ftplib.FTP, socket.socket, Path]:
+    """A STOR of ``name`` whose ``first`` bytes the daemon has written to its partial:
+    the control connection, the data connection (still open) and the partials' folder."""
+    ftp = srv.connect(timeout=TIMEOUT_S)
+    ftp.voidcmd("TYPE I")
+    data = ftp.transfercmd(f"STOR {name}")
+    data.sendall(first)
+    partial = srv.home() / ".ftpd" / "partial"
+    wait_until(lambda: sum(p.stat().st_size for p in partial.iterdir()) >= len(first))
+    return ftp, data, partial
 
 
 def ledger_usage(srv: FTPRunning, user: str = "alice") -> Usage:
@@ -193,12 +208,7 @@ def test_pg_down_mid_stor_keeps_the_partial_and_resumes_after(
     kept, and the same client resumes once the database answers; no quota drift."""
     srv = shared()
     first, rest = b"a" * 512 * 1024, b"b" * 1024 * 1024
-    ftp = srv.connect(timeout=TIMEOUT_S)
-    ftp.voidcmd("TYPE I")
-    data = ftp.transfercmd("STOR big.bin")
-    data.sendall(first)
-    partial = srv.home() / ".ftpd" / "partial"
-    wait_until(lambda: sum(p.stat().st_size for p in partial.iterdir()) >= len(first))
+    ftp, data, partial = stor_started(srv, "big.bin", first)
     db.stop()
     try:
         try:
@@ -237,12 +247,7 @@ def test_pg_down_mid_stor_the_error_comes_within_the_deadline(
     error within the state's deadline, not once per step it held."""
     srv = shared()
     sent = b"c" * 3 * 1024 * 1024
-    ftp = srv.connect(timeout=TIMEOUT_S)
-    ftp.voidcmd("TYPE I")
-    data = ftp.transfercmd("STOR long.bin")
-    data.sendall(sent)
-    partial = srv.home() / ".ftpd" / "partial"
-    wait_until(lambda: sum(p.stat().st_size for p in partial.iterdir()) >= len(sent))
+    ftp, data, _ = stor_started(srv, "long.bin", sent)
     db.stop()
     try:
         assert ftp.sock is not None
